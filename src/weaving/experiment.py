@@ -1,0 +1,127 @@
+"""The paper's evaluation protocol for one merge method in one setup, independent of any model.
+
+A *scenario* is one merge: the task vectors that go in and the tasks the merged model is
+evaluated on. Multi-task learning is one scenario (all tasks in, every task evaluated);
+domain generalisation is one scenario per held-out task (the others in, the held-out one
+evaluated); continual learning is one scenario per benchmark (its sequential split
+vectors in, the whole benchmark evaluated).
+
+For each scenario the merged vector ``M = f(taus, lam=1)`` is computed once; every
+evaluated point is derived from it (``lam * M`` for the sweep, the baseline and the
+recommended lam, and Weight Weaving by every pooling and ``pool_over``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from torch import Tensor
+
+TaskVector = dict[str, Tensor]
+Evaluate = Callable[[TaskVector, str], float]
+"""``evaluate(merged_task_vector, task) -> accuracy in percent`` of ``theta_pre + merged``."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    members: tuple[str, ...]
+    """Names of the task vectors merged."""
+    tasks: tuple[str, ...]
+    """Names of the tasks the merged model is evaluated on."""
+
+
+def multitask_scenarios(tasks: Sequence[str]) -> list[Scenario]:
+    """All tasks merged, every task evaluated (the paper's multi-task learning)."""
+    return [Scenario(tuple(tasks), tuple(tasks))]
+
+
+def leave_one_out_scenarios(tasks: Sequence[str]) -> list[Scenario]:
+    """For each task, merge the others and evaluate on it (the paper's domain generalisation)."""
+    return [Scenario(tuple(t for t in tasks if t != held_out), (held_out,)) for held_out in tasks]
+
+
+def continual_scenarios(benchmarks: Mapping[str, Sequence[str]]) -> list[Scenario]:
+    """For each benchmark, merge its sequential split vectors and evaluate on the benchmark."""
+    return [Scenario(tuple(splits), (name,)) for name, splits in benchmarks.items()]
+
+
+def _index_of(value: float, values: Sequence[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if math.isclose(v, value, abs_tol=1e-9)), None)
+
+
+def evaluate_method(
+    method: str,
+    hparams: Mapping[str, object],
+    task_vectors: Mapping[str, TaskVector],
+    scenarios: Sequence[Scenario],
+    *,
+    lambdas: Sequence[float],
+    recommended_lam: float,
+    poolings: Sequence[str],
+    pool_over: Sequence[str],
+    seed: int,
+    evaluate: Evaluate,
+    baseline_lam: float = 1.0,
+    on_woven: Callable[[Scenario, str, str, TaskVector], None] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Accuracy of ``method`` at every lam, at the baseline and recommended lam, and woven.
+
+    Returns the per-method metrics of ``docs/contracts.md``: ``baseline``, ``recommended``,
+    ``sweep`` (per task, aligned with ``lambdas``) and ``weaving[pooling][pool_over]``, each
+    mapping task -> accuracy. ``on_woven`` receives every woven task vector (e.g. to save it).
+    """
+    from tqdm.auto import tqdm
+
+    from weaving import merge, weave_from_merged
+
+    lambdas = [float(x) for x in lambdas]
+    extra = [lam for lam in (baseline_lam, recommended_lam) if _index_of(lam, lambdas) is None]
+    points = lambdas + sorted(set(extra))
+    total = sum(len(s.tasks) * (len(points) + len(poolings) * len(pool_over)) for s in scenarios)
+    bar = tqdm(total=total, desc=f"evaluate {method}", unit="eval", disable=not progress, leave=False)
+
+    tasks = [t for s in scenarios for t in s.tasks]
+    result: dict = {
+        "tasks": tasks,
+        "baseline": {},
+        "recommended": {},
+        "sweep": {t: [math.nan] * len(lambdas) for t in tasks},
+        "weaving": {p: {o: {} for o in pool_over} for p in poolings},
+    }
+    for scenario in scenarios:
+        taus = [task_vectors[name] for name in scenario.members]
+        merged = merge(method, taus, lam=1.0, **hparams)
+        at_point: dict[float, dict[str, float]] = {}
+        for lam in points:
+            scaled = {key: value * lam for key, value in merged.items()}
+            at_point[lam] = {}
+            for task in scenario.tasks:
+                at_point[lam][task] = evaluate(scaled, task)
+                bar.update()
+        for task in scenario.tasks:
+            for i, lam in enumerate(lambdas):
+                result["sweep"][task][i] = at_point[lam][task]
+            result["baseline"][task] = at_point[_point(baseline_lam, points)][task]
+            result["recommended"][task] = at_point[_point(recommended_lam, points)][task]
+        for pooling in poolings:
+            for over in pool_over:
+                woven = weave_from_merged(taus, merged, lambdas=lambdas, pooling=pooling, pool_over=over, seed=seed)
+                if on_woven is not None:
+                    on_woven(scenario, pooling, over, woven)
+                for task in scenario.tasks:
+                    result["weaving"][pooling][over][task] = evaluate(woven, task)
+                    bar.update()
+    bar.close()
+    return result
+
+
+def _point(lam: float, points: Sequence[float]) -> float:
+    return points[_index_of(lam, points)]
+
+
+def mean_accuracy(per_task: Mapping[str, float]) -> float:
+    """The average over tasks, as the paper reports per setup."""
+    return sum(per_task.values()) / len(per_task)

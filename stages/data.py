@@ -1,0 +1,20 @@
+"""Stage `data@<dataset>`: resolve one dataset from its first available source, write it under data/prepared/."""
+
+from _common import stage, stage_params
+
+params, (name,) = stage_params({"dataset": lambda p: p.datasets})
+
+with stage(f"data@{name}"):
+    from weaving.datasets import prepare
+
+    meta = prepare(
+        name,
+        out_dir=f"data/prepared/{name}",
+        raw_dir=params.data.raw_dir,
+        seed=params.data.seed,
+        limits=params.data.limits.model_dump(),
+        allow_download=params.data.allow_download,
+        progress=True,
+    )
+    sizes = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
+    print(f"[data@{name}] {meta['num_classes']} classes; {sizes}")

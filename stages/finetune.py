@@ -1,0 +1,33 @@
+"""Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
+
+from _common import stage, stage_params
+
+params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
+
+with stage(f"finetune@{model_name}-{task}"):
+    import json
+    import time
+
+    import torch
+
+    from weaving.atomic import write_json
+    from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
+    from weaving.datasets import load_prepared
+    from weaving.io import load_state_dict, save_state_dict
+
+    recipe_fields = params.finetune.recipe_for(task)
+    recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
+    model = load_pretrained(f"models/{model_name}/pretrained")
+    head = load_state_dict(f"models/{model_name}/heads/{task}.safetensors")["weight"]
+    train = load_prepared(f"data/prepared/{task}").split("train")
+    started = time.perf_counter()
+    visual = finetune(model, head, train, recipe=recipe, seed=params.seed,
+                      checkpoint_dir=f".resume/{model_name}/finetune/{task}", progress=True)
+    seconds = time.perf_counter() - started
+    save_state_dict(f"models/{model_name}/finetuned/{task}.safetensors", visual,
+                    metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
+    cache = torch.load(f"data/cache/{model_name}/{task}_test.pt", weights_only=True)
+    accuracy = evaluate(model, visual, head, cache, batch_size=params.eval.batch_size)
+    write_json(f"metrics/{model_name}/finetune/{task}.json",
+               {"task": task, "accuracy": round(accuracy, 4), "train_images": len(train), "seconds": round(seconds, 1)})
+    print(f"[finetune@{model_name}-{task}] test accuracy {accuracy:.2f}% ({len(train)} training images)")

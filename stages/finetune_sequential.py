@@ -1,0 +1,59 @@
+"""Stage `finetune_sequential@<model>-<benchmark>`: class-incremental sequential fine-tuning.
+
+Split i starts from split i-1's image encoder and trains with a head over split i's
+classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
+"""
+
+from _common import stage, stage_params
+
+params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
+benchmark = params.cl_benchmarks[name]
+
+with stage(f"finetune_sequential@{model_name}-{name}"):
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from weaving.atomic import write_json
+    from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
+    from weaving.datasets import class_splits, load_prepared
+    from weaving.io import load_state_dict, save_state_dict
+
+    recipe = FinetuneRecipe(**params.sequential.model_dump(exclude_none=True))
+    model = load_pretrained(f"models/{model_name}/pretrained")
+    dataset = load_prepared(f"data/prepared/{benchmark.dataset}")
+    head = load_state_dict(f"models/{model_name}/heads/{benchmark.dataset}.safetensors")["weight"]
+    cache = torch.load(f"data/cache/{model_name}/{benchmark.dataset}_test.pt", weights_only=True)
+    chunks = class_splits(dataset.num_classes, benchmark.splits, seed=benchmark.seed)
+    train = dataset.split("train")
+
+    out = Path(f"models/{model_name}/sequential/{name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
+    try:
+        previous, history = None, []
+        for i, classes in enumerate(chunks):
+            visual = finetune(model, head, train, recipe=recipe, seed=params.seed + i, class_subset=classes,
+                              init_visual=previous, checkpoint_dir=f".resume/{model_name}/sequential/{name}/{i}",
+                              progress=True)
+            save_state_dict(staging / f"split_{i}.safetensors", visual,
+                            metadata={"benchmark": name, "split": str(i), "classes": json.dumps(classes)})
+            history.append({
+                "split": i, "classes": classes,
+                "accuracy_split": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size,
+                                                 class_subset=classes), 4),
+                "accuracy_all": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size), 4),
+            })
+            previous = visual
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_json(f"metrics/{model_name}/sequential/{name}.json",
+               {"benchmark": name, "dataset": benchmark.dataset, "splits": history,
+                "final_accuracy": history[-1]["accuracy_all"]})
+    print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1]['accuracy_all']:.2f}% on all classes")

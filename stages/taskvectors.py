@@ -1,0 +1,46 @@
+"""Stage `taskvectors@<model>`: cosine similarity of task vectors and the reference accuracies.
+
+Writes similarity.json (individual fine-tuning vs sequential fine-tuning, the paper's
+Figure 3) and reference.json (zero-shot, fine-tuned and sequential accuracies, for the
+report to set beside the merged ones).
+"""
+
+from _common import pipeline_task_vectors, stage, stage_params
+
+params, (model_name,) = stage_params({"model": lambda p: p.models})
+
+with stage(f"taskvectors@{model_name}"):
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from weaving.atomic import write_json
+
+    def cosine_matrix(taus: dict) -> dict:
+        names = list(taus)
+        flat = torch.stack([torch.cat([v.flatten().double() for _, v in sorted(taus[n].items())]) for n in names])
+        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        return {"labels": names, "matrix": (unit @ unit.T).clamp(-1, 1).round(decimals=4).tolist()}
+
+    _, individual, _ = pipeline_task_vectors(params, model_name, "mtl")
+    _, sequential, splits = pipeline_task_vectors(params, model_name, "cl")
+    similarity = {
+        "individual": cosine_matrix(individual),
+        "sequential": {b: cosine_matrix({n.split("/")[-1]: sequential[n] for n in names}) for b, names in splits.items()},
+    }
+    write_json(f"metrics/{model_name}/similarity.json", similarity)
+
+    metrics = Path(f"metrics/{model_name}")
+    zeroshot = json.loads((metrics / "zeroshot.json").read_text())
+    reference = {
+        "model": model_name,
+        "zeroshot": {t: zeroshot[t] for t in params.suite.mtl},
+        "finetuned": {t: json.loads((metrics / "finetune" / f"{t}.json").read_text())["accuracy"] for t in params.suite.mtl},
+        "cl": {},
+    }
+    for benchmark in params.suite.cl:
+        seq = json.loads((metrics / "sequential" / f"{benchmark}.json").read_text())
+        reference["cl"][benchmark] = {"zeroshot": zeroshot[seq["dataset"]], "sequential_final": seq["final_accuracy"]}
+    write_json(metrics / "reference.json", reference)
+    print(f"[taskvectors@{model_name}] {len(individual)} individual, {len(sequential)} sequential task vectors")
