@@ -178,6 +178,8 @@ class Params(_Strict):
         _require_subset("finetune.per_task", list(self.finetune.per_task), "suite.mtl", self.suite.mtl)
         _require_subset("weave.artifact.pooling", [self.weave.artifact.pooling], "weave.poolings",
                         self.weave.poolings)
+        _require_subset("weave.artifact.pool_over", [self.weave.artifact.pool_over], "weave.pool_over",
+                        self.weave.pool_over)
         self._check_registries()
         return self
 

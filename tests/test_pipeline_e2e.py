@@ -1,0 +1,111 @@
+"""End to end: the smoke profile through `dvc repro` in a fresh git repository.
+
+One module-scoped run (a few minutes, marked slow) is shared by the checks: the outputs
+exist and hold sane numbers, a no-op repro recomputes nothing, changing the TIES search
+space invalidates only the TIES weave stages and the report, and a misspelled `-S` key
+stops `dvc exp run` before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(cwd / "src")}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git repository holding the tracked project files, with the smoke profile as params.yaml."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        source = ROOT / name
+        if source.is_file() and not name.startswith(("tests/", "benchmarks/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    shutil.copy2(ROOT / "profiles" / "smoke.yaml", repo / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "smoke"]):
+        run(cmd, repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def stages_to_run(repo: Path) -> set[str]:
+    status = run(["dvc", "status", "--json"], repo).stdout
+    return set(json.loads(status or "{}"))
+
+
+def test_repro_writes_every_output(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for model in params["models"]:
+        for setup in ("mtl", "cl", "dg"):
+            for method in params["methods"]:
+                metrics = json.loads((repo / f"metrics/{model}/weave/{setup}/{method}.json").read_text())
+                assert set(metrics["baseline"]) == set(metrics["tasks"])
+                for task, sweep in metrics["sweep"].items():
+                    assert len(sweep) == len(metrics["lambdas"])
+                    assert all(0.0 <= acc <= 100.0 for acc in sweep)
+                for pooling in params["weave"]["poolings"]:
+                    for over in params["weave"]["pool_over"]:
+                        assert set(metrics["weaving"][pooling][over]) == set(metrics["tasks"])
+            assert (repo / f"models/woven/ties/{model}.safetensors").is_file()
+        reference = json.loads((repo / f"metrics/{model}/reference.json").read_text())
+        assert set(reference["finetuned"]) == set(params["suite"]["mtl"])
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    assert summary
+    assert (repo / "reports/claims.md").is_file()
+
+
+def test_baseline_is_the_sweep_at_lambda_one(repo: Path) -> None:
+    metrics = json.loads((repo / "metrics/tiny-clip/weave/mtl/ties.json").read_text())
+    i = metrics["lambdas"].index(1.0)
+    for task in metrics["tasks"]:
+        assert metrics["baseline"][task] == metrics["sweep"][task][i]
+
+
+def test_noop_repro_recomputes_nothing(repo: Path) -> None:
+    assert stages_to_run(repo) == set()
+    out = run(["dvc", "repro"], repo).stdout
+    assert "didn't change, skipping" in out or "Data and pipelines are up to date" in out
+
+
+def test_changing_the_ties_search_space_reruns_only_ties(repo: Path) -> None:
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["method_params"]["ties"]["search_space"]["mtl"] = [0.4, 1.2, 0.4]
+    params_path.write_text(yaml.safe_dump(params))
+    try:
+        changed = stages_to_run(repo)
+    finally:
+        params_path.write_text(original)
+    assert changed, "changing the TIES search space must invalidate something"
+    assert {s for s in changed if not ("ties" in s and s.startswith("weave_"))} == {"report"}
+    assert {s for s in changed if s.startswith("weave_")} == {f"weave_{s}@tiny-clip-ties" for s in ("mtl", "cl", "dg")}
+
+
+def test_misspelled_key_stops_exp_run(repo: Path) -> None:
+    result = run(["dvc", "exp", "run", "-S", "method_params.ties.hparams.densty=0.3"], repo, check=False)
+    assert result.returncode != 0
+    assert "densty" in result.stderr + result.stdout and "density" in result.stderr + result.stdout
