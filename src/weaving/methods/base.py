@@ -1,0 +1,180 @@
+"""What a merge method is, for the registry and the streaming engine.
+
+A method maps the stacked task vectors of one key, `taus` of shape `[T, *shape]` in the
+compute dtype, to the merged task vector of that key at `lam = 1`. The engine scales by
+`lam` (every method is linear in `lam`), adds `theta_pre` and casts back.
+
+Per-tensor methods (`PerTensorMethod`) see one key at a time. Model-wide methods
+(`ModelWideMethod`: TIES, PCB) first run statistics passes (each pass sees every key once,
+in sorted order, one key's `T` tensors at a time), then finalise key by key. Both kinds
+are driven through a `MethodRun`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from weaving.errors import ParamError, choices
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyper-parameter: name, default, type (`float` or `int`) and allowed interval."""
+
+    name: str
+    default: float | int
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    help: str = ""
+
+    def interval(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
+
+    def check(self, value: object, method: str) -> float | int:
+        """The value converted to `kind`, or `ParamError` naming method, parameter, range."""
+        where = f"method {method!r}: hyper-parameter {self.name!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+                value = value.item()
+            else:
+                raise ParamError(f"{where} must be a {self.kind.__name__}, got {value!r}")
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ParamError(f"{where} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ParamError(f"{where} must be finite, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            raise ParamError(f"{where} must be in {self.interval()}, got {value!r}")
+        return value
+
+
+def unit_interval(name: str, default: float, *, low_open: bool = False, high_open: bool = False, help: str = "") -> HParam:
+    """A float hyper-parameter within [0, 1] (ends open as asked)."""
+    return HParam(name, default, float, 0.0, 1.0, low_open, high_open, help)
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The floating-point keys being merged (sorted), their shapes, `T`, the compute dtype."""
+
+    keys: tuple[str, ...]
+    shapes: Mapping[str, tuple[int, ...]]
+    num_tasks: int
+    compute_dtype: torch.dtype
+
+    def numel(self, key: str) -> int:
+        return math.prod(self.shapes[key])
+
+    @property
+    def total_numel(self) -> int:
+        """`D`: the length of one flattened task vector."""
+        return sum(self.numel(key) for key in self.keys)
+
+
+class MethodRun(ABC):
+    """One merge in progress: statistics passes, then per-key finalisation."""
+
+    def next_pass(self) -> str | None:
+        """Label of the next statistics pass, or None when `finalize` may be called."""
+        return None
+
+    def observe(self, key: str, taus: torch.Tensor) -> None:
+        """See one key's stacked task vectors during a statistics pass."""
+        raise NotImplementedError(f"{type(self).__name__} makes no statistics pass")
+
+    def end_pass(self) -> None:
+        """Close the current statistics pass (every key has been observed once)."""
+
+    @abstractmethod
+    def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        """The merged task vector of `key` at `lam = 1`, in the compute dtype."""
+
+
+@dataclass(frozen=True)
+class MergeMethod(ABC):
+    """A registered merge method: name, hyper-parameters, and how to run it."""
+
+    name: str
+    hparams: tuple[HParam, ...] = ()
+    summary: str = ""
+    model_wide: bool = field(default=False, init=False)
+
+    @property
+    def defaults(self) -> dict[str, float | int]:
+        return {p.name: p.default for p in self.hparams}
+
+    def validate(self, given: Mapping[str, object]) -> dict[str, float | int]:
+        """Defaults overridden by `given`, checked; unknown names raise `ParamError`."""
+        known = {p.name: p for p in self.hparams}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ParamError(
+                f"method {self.name!r}: unknown hyper-parameter(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {choices(known)}"
+            )
+        return {name: p.check(given[name], self.name) if name in given else p.default for name, p in known.items()}
+
+    @abstractmethod
+    def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
+        """Begin a merge with validated `hparams` over `layout`."""
+
+
+class _PerTensorRun(MethodRun):
+    def __init__(self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int]) -> None:
+        self._merge_tensor = merge_tensor
+        self._hparams = dict(hparams)
+
+    def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        return self._merge_tensor(taus, key=key, **self._hparams)
+
+
+@dataclass(frozen=True)
+class PerTensorMethod(MergeMethod):
+    """A method computed key by key: `merge_tensor(taus, key=..., **hparams) -> Tensor`."""
+
+    merge_tensor: Callable[..., torch.Tensor] | None = None
+
+    def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
+        assert self.merge_tensor is not None
+        return _PerTensorRun(self.merge_tensor, hparams)
+
+
+@dataclass(frozen=True)
+class ModelWideMethod(MergeMethod):
+    """A method that needs model-wide statistics: `begin(layout, **hparams) -> MethodRun`."""
+
+    begin: Callable[..., MethodRun] | None = None
+    model_wide: bool = field(default=True, init=False)
+
+    def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
+        assert self.begin is not None
+        return self.begin(layout, **hparams)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from sha256 of the parts joined by '/': `int(sha256[:8], big) >> 1`."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def keyed_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by `derive_seed(*parts)`: the same draws whatever the key order."""
+    generator = torch.Generator()
+    generator.manual_seed(derive_seed(*parts))
+    return generator
