@@ -1,0 +1,65 @@
+"""`reports/summary.json`: the run's headline numbers for `dvc metrics` / `dvc exp show` (2 decimals).
+
+Layout (keys stable): {model: {setup: {method: {...}}, "avg": {method: {...}}, "zeroshot_avg",
+"finetuned_avg"}, "avg": {method: {...}}}; a method's entry holds baseline, recommended,
+weaving_<pooling>_<pool_over>, gain (weaving_avg_all - baseline), oracle_single, oracle_single_lam,
+oracle_per_task. The "avg" entries are means over setups (per model) and over setups and models (top).
+"""
+
+from __future__ import annotations
+
+import json
+from statistics import fmean
+from typing import Any
+
+from weaving.report.load import RunMetrics, WeaveMetrics
+
+
+def method_numbers(r: WeaveMetrics, poolings: list[str], pool_overs: list[str]) -> dict[str, float]:
+    """One method's task-averaged accuracies in one setup (unrounded)."""
+    lam, single = r.oracle_single()
+    numbers = {"baseline": r.baseline_avg, "recommended": r.recommended_avg}
+    for o in pool_overs:
+        for p in poolings:
+            numbers[f"weaving_{p}_{o}"] = r.weaving_avg(p, o)
+    numbers["gain"] = numbers["weaving_avg_all"] - numbers["baseline"]
+    numbers["oracle_single"] = single
+    numbers["oracle_single_lam"] = lam
+    numbers["oracle_per_task"] = fmean(r.oracle_per_task().values())
+    return numbers
+
+
+def _mean_entries(entries: list[dict[str, float]]) -> dict[str, float]:
+    return {k: fmean(e[k] for e in entries) for k in entries[0] if k != "oracle_single_lam"}
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 2)
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    return obj
+
+
+def summary(run: RunMetrics) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    per_method_all: dict[str, list[dict[str, float]]] = {m: [] for m in run.methods}
+    for model in run.models:
+        entry: dict[str, Any] = {}
+        for setup in run.setups:
+            entry[setup] = {}
+            for method in run.methods:
+                numbers = method_numbers(run.get(model, setup, method), run.poolings, run.pool_overs)
+                entry[setup][method] = numbers
+                per_method_all[method].append(numbers)
+        entry["avg"] = {m: _mean_entries([entry[s][m] for s in run.setups]) for m in run.methods}
+        ref = run.reference[model]
+        entry["zeroshot_avg"] = fmean(ref.zeroshot.values()) if ref.zeroshot else None
+        entry["finetuned_avg"] = fmean(ref.finetuned.values()) if ref.finetuned else None
+        out[model] = entry
+    out["avg"] = {m: _mean_entries(v) for m, v in per_method_all.items()}
+    return _round(out)
+
+
+def summary_json(run: RunMetrics) -> str:
+    return json.dumps(summary(run), indent=2) + "\n"

@@ -1,0 +1,80 @@
+"""DVC stage `report`: tables, figures, claims check and paper comparison from the metrics files.
+
+    python stages/report.py --metrics metrics --out reports --models tiny-clip \
+        --setups mtl cl dg --methods ties magmax ... --profile embedded \
+        [--poolings avg random magmax] [--pool-over all augmented]
+
+Every metrics file is validated before anything is written; all outputs are built in memory,
+written into a staging folder inside --out, then moved into place (files with os.replace,
+the tables/, figures/ and plots/ folders swapped whole, so no stale file survives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip install -e`
+
+from weaving.errors import WeavingError  # noqa: E402
+from weaving.report import POOL_OVERS, POOLINGS, build_report, load_metrics  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", required=True, type=Path, help="the metrics folder (metrics/<model>/...)")
+    parser.add_argument("--out", required=True, type=Path, help="the report folder to write")
+    parser.add_argument("--models", required=True, nargs="+")
+    parser.add_argument("--setups", required=True, nargs="+")
+    parser.add_argument("--methods", required=True, nargs="+")
+    parser.add_argument("--profile", required=True, help="params profile; 'paper' compares with the paper")
+    parser.add_argument("--poolings", nargs="+", default=list(POOLINGS))
+    parser.add_argument("--pool-over", nargs="+", default=list(POOL_OVERS), dest="pool_over")
+    return parser.parse_args(argv)
+
+
+def write_outputs(files: dict[str, bytes], out: Path) -> None:
+    """Write `files` ({relative path: bytes}) under `out`: staged, then moved into place."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out))
+    retired = Path(tempfile.mkdtemp(prefix=".report-old-", dir=out))
+    try:
+        for relative, data in files.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        for entry in sorted(staging.iterdir()):
+            target = out / entry.name
+            if entry.is_dir():
+                if target.exists():
+                    os.replace(target, retired / entry.name)
+                os.replace(entry, target)
+            else:
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
+        files = build_report(run, args.profile)
+    except (WeavingError, ValueError) as error:
+        print(f"error: report: {error}", file=sys.stderr)
+        return 1
+    write_outputs(files, args.out)
+    print(f"[report] {len(files)} files in {args.out} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
