@@ -1,0 +1,80 @@
+"""Seeded split rules: stratified orders, limit allocation, the task-vector val split, class splits.
+
+Stratified order (used for every subsample): within each class the items are put in a
+seeded random order; item ``r`` of a class of size ``n_c`` gets the key ``(r + 0.5) / n_c``
+and the pool is sorted by key (seeded random tie-break). Every prefix of that order then
+holds each class in proportion to the pool, within one item, and consecutive segments of
+it are disjoint by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from weaving.datasets.base import DatasetError
+
+SPLITS = ("pretrain", "train", "val", "test")
+
+
+def rng_for(seed: int, *stream: int) -> np.random.Generator:
+    """An independent generator per (seed, stream...): streams never share draws."""
+    return np.random.default_rng([int(seed), *map(int, stream)])
+
+
+def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``labels`` in a seeded order whose every prefix is class-proportional (within 1 per class)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    keys = np.empty(n, dtype=np.float64)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        ranks = rng.permutation(len(members))
+        keys[members] = (ranks + 0.5) / len(members)
+    tie_break = rng.permutation(n)
+    return np.lexsort((tie_break, keys))
+
+
+def take_segments(order: np.ndarray, sizes: Sequence[int | None]) -> list[np.ndarray]:
+    """Consecutive segments of ``order``: ``sizes[k]`` items each (None: all that remain), capped by availability."""
+    out, start = [], 0
+    for size in sizes:
+        stop = len(order) if size is None else min(len(order), start + int(size))
+        out.append(np.sort(order[start:stop]))
+        start = stop
+    return out
+
+
+def literature_val_split(n: int, fraction: float = 0.1, max_val: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The task-vector literature's val split of a train set of ``n`` items: ``(train_idx, val_idx)``.
+
+    As ``split_train_into_train_val`` in mlfoundations/task_vectors: ``val = min(int(n * fraction),
+    max_val)``, ``perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))``,
+    train = ``perm[:n - val]``, val = ``perm[n - val:]`` (both in permutation order).
+    """
+    import torch  # only the paper profile needs this exact permutation
+
+    val_size = min(int(n * fraction), max_val)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy().astype(np.int64)
+    return perm[: n - val_size], perm[n - val_size:]
+
+
+def class_splits(num_classes: int, n_splits: int, seed: int = 0) -> list[list[int]]:
+    """Disjoint class chunks for class-incremental learning, covering all classes.
+
+    The classes are put in a seeded random order ``order`` (``numpy.random.default_rng(seed)
+    .permutation``); chunk ``i`` is ``order[floor(i * C / N) : floor((i + 1) * C / N)]``, the
+    rule of Marczak et al.'s MagMax code, so that chunk sizes differ by at most one when ``N``
+    does not divide ``C`` (the later chunks are the larger ones).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise DatasetError(f"class_splits: num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
+        raise DatasetError(f"class_splits: n_splits must be a positive int, got {n_splits!r}")
+    if n_splits > num_classes:
+        raise DatasetError(f"class_splits: n_splits={n_splits} is more than num_classes={num_classes}; "
+                           "every split needs at least one class")
+    order = np.random.default_rng(int(seed)).permutation(int(num_classes))
+    bounds = [(i * int(num_classes)) // int(n_splits) for i in range(int(n_splits) + 1)]
+    return [[int(c) for c in order[bounds[i]: bounds[i + 1]]] for i in range(int(n_splits))]
