@@ -70,6 +70,8 @@ class RadixSelect:
         select.values()                   # [rows, len(ranks[0])] of `dtype`
     """
 
+    BUFFER_ELEMENTS = 1 << 20
+
     def __init__(self, ranks: torch.Tensor | Sequence[Sequence[int]], dtype: torch.dtype) -> None:
         if dtype not in _INT_VIEW:
             raise ParamError(f"RadixSelect: dtype {dtype} is not supported; valid: {list(_INT_VIEW)}")
@@ -87,6 +89,8 @@ class RadixSelect:
         self._pass = 0
         self._count = 0
         self._hist: dict[tuple[int, int], torch.Tensor] = {}
+        self._pending: list[torch.Tensor] = []
+        self._pending_numel = 0
 
     @property
     def done(self) -> bool:
@@ -100,14 +104,15 @@ class RadixSelect:
         return self.width - DIGIT_BITS * (self._pass + 1)
 
     def _groups(self) -> dict[int, set[int]]:
-        """Row -> distinct prefixes still to histogram in this pass."""
-        groups: dict[int, set[int]] = {}
-        for row in range(self.rows):
-            groups[row] = set(self._prefix[row])
-        return groups
+        """Row -> distinct prefixes (digits fixed so far) to histogram in this pass."""
+        return {row: set(self._prefix[row]) for row in range(self.rows)}
 
     def observe(self, chunk: torch.Tensor) -> None:
-        """Add a `[rows, n]` chunk of values to this pass's histograms."""
+        """Add a `[rows, n]` chunk of values to this pass's histograms.
+
+        Small chunks are buffered (up to `BUFFER_ELEMENTS` values) and histogrammed together,
+        which saves the fixed cost of a 65536-bin histogram per small tensor.
+        """
         if self.done:
             raise ParamError("RadixSelect.observe: every pass is already done")
         if chunk.dtype != self.dtype or chunk.ndim != 2 or chunk.shape[0] != self.rows:
@@ -117,6 +122,20 @@ class RadixSelect:
             )
         if chunk.shape[1] == 0:
             return
+        if chunk.numel() >= self.BUFFER_ELEMENTS:
+            self._histogram(chunk)
+            return
+        self._pending.append(chunk.clone())
+        self._pending_numel += chunk.numel()
+        if self._pending_numel >= self.BUFFER_ELEMENTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._histogram(torch.cat(self._pending, dim=1))
+        self._pending, self._pending_numel = [], 0
+
+    def _histogram(self, chunk: torch.Tensor) -> None:
         keys = order_keys(chunk)
         shift = self._shift()
         if self._pass == 0:
@@ -124,8 +143,7 @@ class RadixSelect:
             digits = ((keys >> shift) if shift else keys).to(torch.int64) & _DIGIT_MASK
             digits ^= _TOP_BIT
             digits += torch.arange(self.rows, dtype=torch.int64).unsqueeze(1) * NUM_BINS
-            counts = torch.bincount(digits.reshape(-1), minlength=self.rows * NUM_BINS)
-            counts = counts.view(self.rows, NUM_BINS)
+            counts = torch.bincount(digits.reshape(-1), minlength=self.rows * NUM_BINS).view(self.rows, NUM_BINS)
             for row in range(self.rows):
                 self._add((row, 0), counts[row])
             return
@@ -143,12 +161,13 @@ class RadixSelect:
         if group in self._hist:
             self._hist[group] += counts
         else:
-            self._hist[group] = counts.clone()
+            self._hist[group] = counts
 
     def end_pass(self) -> None:
         """Fix the current digit of every query from the histograms of this pass."""
         if self.done:
             raise ParamError("RadixSelect.end_pass: every pass is already done")
+        self._flush()
         if self._pass == 0:
             largest = max((r for row in self._remaining for r in row), default=-1)
             if largest >= self._count:
@@ -156,20 +175,19 @@ class RadixSelect:
                     f"RadixSelect: rank {largest} is out of range for rows of {self._count} values"
                 )
         for row in range(self.rows):
-            for q in range(self.per_row):
-                prefix = self._prefix[row][q]
+            for prefix in set(self._prefix[row]):
                 counts = self._hist.get((row, prefix if self._pass else 0))
                 if counts is None:
                     raise InputError(f"RadixSelect: no values seen for row {row} in pass {self._pass}")
                 cumulative = torch.cumsum(counts, 0)
-                rank = self._remaining[row][q]
-                digit = int(torch.searchsorted(cumulative, torch.tensor([rank]), right=True)[0])
-                below = int(cumulative[digit - 1]) if digit > 0 else 0
-                self._remaining[row][q] = rank - below
-                if self._pass == 0:
-                    self._prefix[row][q] = digit - _TOP_BIT  # the signed top digit
-                else:
-                    self._prefix[row][q] = prefix * NUM_BINS + digit
+                queries = [q for q in range(self.per_row) if self._prefix[row][q] == prefix]
+                ranks = torch.tensor([self._remaining[row][q] for q in queries], dtype=torch.int64)
+                digits = torch.searchsorted(cumulative, ranks, right=True).tolist()
+                below = torch.cat([torch.zeros(1, dtype=torch.int64), cumulative])[digits].tolist()
+                for q, digit, before in zip(queries, digits, below, strict=True):
+                    self._remaining[row][q] -= before
+                    # after the top digit the prefix is the signed value of the digits so far
+                    self._prefix[row][q] = digit - _TOP_BIT if self._pass == 0 else prefix * NUM_BINS + digit
         self._hist = {}
         self._pass += 1
 

@@ -1,0 +1,219 @@
+"""Every merge method against the naive reading of the spec in spec_reference.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spec_reference as ref
+from weaving import METHODS, ParamError, apply_task_vector, merge, task_vectors
+from weaving.methods.base import ModelLayout
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def models(draw, *, allow_grid: bool = True):
+    num_tasks = draw(st.integers(1, 4))
+    pretrained, finetuned = ref.random_model(
+        num_tasks,
+        seed=draw(st.integers(0, 2**31 - 1)),
+        shape2d=(draw(st.integers(1, 6)), draw(st.integers(1, 6))),
+        length1d=draw(st.integers(1, 9)),
+        shape4d=tuple(draw(st.integers(1, 3)) for _ in range(4)),
+        zero_size=draw(st.booleans()),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        grid=allow_grid and draw(st.booleans()),
+    )
+    return pretrained, finetuned
+
+
+HPARAMS = {
+    "task_arithmetic": st.just({}),
+    "dare": st.fixed_dictionaries({"p": st.sampled_from([0.0, 0.3, 0.5, 0.9]), "seed": st.integers(0, 1000)}),
+    "ties": st.fixed_dictionaries({"density": st.one_of(st.just(1.0), st.floats(0.01, 1.0))}),
+    "breadcrumbs": st.fixed_dictionaries({"beta": st.floats(0.0, 1.0), "gamma": st.floats(0.0, 1.0)}),
+    "magmax": st.just({}),
+    "pcb": st.fixed_dictionaries({"ratio": st.one_of(st.just(1.0), st.floats(0.01, 1.0))}),
+    "tsv": st.just({}),
+    "iso_c": st.just({}),
+}
+SVD_METHODS = {"tsv", "iso_c"}  # degenerate spectra make SVD bases ambiguous: no grid values
+
+
+def test_registry_lists_the_eight_methods() -> None:
+    assert set(METHODS) == set(HPARAMS)
+    assert {name for name, m in METHODS.items() if m.model_wide} == {"ties", "pcb"}
+    assert METHODS["ties"].defaults == {"density": 0.2}
+    assert METHODS["dare"].defaults == {"p": 0.5, "seed": 0}
+    assert METHODS["breadcrumbs"].defaults == {"beta": 0.1, "gamma": 0.01}
+    assert METHODS["pcb"].defaults == {"ratio": 0.05}
+
+
+@given(models())
+@settings(max_examples=20, deadline=None)
+def test_task_vectors_are_float_differences(model) -> None:
+    pretrained, finetuned = model
+    taus = task_vectors(pretrained, finetuned)
+    expected = ref.direct_task_vectors(pretrained, finetuned)
+    for tau, want in zip(taus, expected, strict=True):
+        assert set(tau) == {k for k, v in pretrained.items() if v.is_floating_point()}
+        for key, value in want.items():
+            assert tau[key].dtype == value.dtype and tau[key].shape == value.shape
+            torch.testing.assert_close(tau[key], value, rtol=1e-6, atol=1e-6)
+    restored = apply_task_vector(pretrained, taus[0])
+    assert list(restored) == list(pretrained)
+    for key, value in pretrained.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(restored[key], finetuned[0][key], rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(restored[key], value)
+
+
+def _check_against_reference(name: str, model, hparams: dict) -> None:
+    pretrained, finetuned = model
+    taus = task_vectors(pretrained, finetuned)
+    merged = merge(name, taus, lam=1.0, **{k: v for k, v in hparams.items() if k != "seed"}, seed=hparams.get("seed", 0))
+    expected = ref.REFERENCE[name](taus, hparams)
+    assert list(merged) == sorted(taus[0])
+    for key, want in expected.items():
+        got = merged[key]
+        assert got.dtype == taus[0][key].dtype and got.shape == taus[0][key].shape, key
+        tolerance = 1e-4 if got.dtype == torch.float32 else 1e-9
+        torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=tolerance, msg=lambda m: f"{name} {key}: {m}")
+
+
+@pytest.mark.parametrize("name", sorted(HPARAMS))
+def test_method_matches_reference(name: str) -> None:
+    @given(models(allow_grid=name not in SVD_METHODS), HPARAMS[name])
+    @SETTINGS
+    def check(model, hparams) -> None:
+        _check_against_reference(name, model, hparams)
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(HPARAMS))
+def test_every_method_is_linear_in_lam(name: str) -> None:
+    @given(models(), HPARAMS[name], st.floats(-3.0, 3.0))
+    @settings(max_examples=10, deadline=None)
+    def check(model, hparams, lam) -> None:
+        taus = task_vectors(*model)
+        seed = hparams.pop("seed", 0)
+        at_one = merge(name, taus, lam=1.0, seed=seed, **hparams)
+        scaled = merge(name, taus, lam=lam, seed=seed, **hparams)
+        for key, value in at_one.items():
+            assert torch.equal(scaled[key], torch.tensor(lam, dtype=value.dtype) * value), key
+
+    check()
+
+
+def test_ties_keeps_exactly_the_top_density_per_task_when_signs_agree() -> None:
+    # one task: nothing competes, so TIES is the trim of that task at its own k-th magnitude
+    values = torch.tensor([[0.5, -3.0, 2.0], [1.0, -0.25, 4.0]])
+    taus = [{"w": values, "b": torch.tensor([-1.5, 0.1])}]
+    merged = merge("ties", taus, density=0.5)  # D = 8, k = 4: keep |x| >= 4th largest = 1.0
+    assert torch.equal(merged["w"], torch.tensor([[0.0, -3.0, 2.0], [1.0, 0.0, 4.0]]))
+    assert torch.equal(merged["b"], torch.tensor([-1.5, 0.0]))
+
+
+def test_ties_majority_sign_fills_tied_columns() -> None:
+    # column 0 sums to 0 (tie): the majority sign over columns is + (two positive columns)
+    taus = [{"w": torch.tensor([2.0, 1.0, 1.0])}, {"w": torch.tensor([-2.0, 3.0, 1.0])}]
+    merged = merge("ties", taus, density=1.0)
+    assert torch.equal(merged["w"], torch.tensor([2.0, 2.0, 1.0]))
+
+
+def test_magmax_later_task_wins_ties() -> None:
+    taus = [{"w": torch.tensor([1.0, -2.0])}, {"w": torch.tensor([-1.0, 2.0])}]
+    assert torch.equal(merge("magmax", taus)["w"], torch.tensor([-1.0, 2.0]))
+
+
+def test_breadcrumbs_drops_outliers_then_keeps_the_next_largest() -> None:
+    row = torch.tensor([[5.0, -1.0, 4.0, 0.5, -3.0, 2.0, 0.1, 0.2, -0.3, 0.4]])
+    merged = merge("breadcrumbs", [{"w": row}], beta=0.3, gamma=0.1)  # drop 1 (5.0), keep 3
+    assert torch.equal(merged["w"], torch.tensor([[0.0, 0.0, 4.0, 0.0, -3.0, 2.0, 0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_dare_drops_about_p_and_rescales_survivors() -> None:
+    tau = {"w": torch.ones(200_000)}
+    merged = merge("dare", [tau], p=0.3, seed=5)["w"]
+    kept = merged != 0
+    assert abs(kept.double().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(merged[kept], torch.full_like(merged[kept], 1 / 0.7))
+    assert torch.equal(merge("dare", [tau], p=0.3, seed=5)["w"], merged)
+    assert not torch.equal(merge("dare", [tau], p=0.3, seed=6)["w"], merged)
+
+
+def test_dare_masks_depend_on_task_and_key_not_on_other_keys() -> None:
+    g = torch.Generator().manual_seed(0)
+    taus = [{"a": torch.randn(50, generator=g), "b": torch.randn(50, generator=g)} for _ in range(2)]
+    both = merge("dare", taus, seed=1)
+    only_b = merge("dare", [{"b": tau["b"]} for tau in taus], seed=1)
+    assert torch.equal(both["b"], only_b["b"])
+    ones = merge("dare", [{"a": torch.ones(1000)}] * 2, p=0.5, seed=1)["a"]
+    assert (ones == 2.0).any()  # kept in one task only: the task index enters the seed
+
+
+def test_pcb_constant_rows_give_zero_weights_not_nan() -> None:
+    taus = [{"w": torch.full((4,), 2.0)}, {"w": torch.full((4,), -2.0)}]
+    merged = merge("pcb", taus)
+    assert torch.isfinite(merged["w"]).all()
+    assert torch.equal(merged["w"], torch.zeros(4))
+
+
+def test_tsv_and_iso_c_of_a_single_task() -> None:
+    g = torch.Generator().manual_seed(3)
+    tau = {"w": torch.randn(5, 3, generator=g, dtype=torch.float64), "b": torch.randn(3, generator=g, dtype=torch.float64)}
+    torch.testing.assert_close(merge("tsv", [tau])["w"], tau["w"])  # k = r: the polar factor of U is U
+    u, s, vh = torch.linalg.svd(tau["w"], full_matrices=False)
+    torch.testing.assert_close(merge("iso_c", [tau])["w"], s.mean() * u @ vh)
+    assert torch.equal(merge("iso_c", [tau])["b"], tau["b"])
+
+
+def test_half_precision_inputs_are_computed_in_float32_and_cast_back() -> None:
+    g = torch.Generator().manual_seed(0)
+    taus = [{"w": torch.randn(8, 8, generator=g).to(torch.bfloat16)} for _ in range(3)]
+    for name in METHODS:
+        merged = merge(name, taus)["w"]
+        assert merged.dtype == torch.bfloat16
+        want = ref.REFERENCE[name]([{"w": t["w"].float()} for t in taus], {})["w"]
+        torch.testing.assert_close(merged.double(), want.to(torch.bfloat16).double(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "name, hparams, culprit",
+    [
+        ("ties", {"dnsity": 0.2}, "valid: density"),
+        ("ties", {"density": 0.0}, "(0, 1]"),
+        ("ties", {"density": 1.5}, "density"),
+        ("dare", {"p": 1.0}, "[0, 1)"),
+        ("dare", {"p": -0.1}, "'p'"),
+        ("breadcrumbs", {"beta": 1.1}, "'beta'"),
+        ("breadcrumbs", {"gamma": -0.5}, "'gamma'"),
+        ("pcb", {"ratio": 0.0}, "'ratio'"),
+        ("pcb", {"ratio": float("nan")}, "'ratio'"),
+        ("task_arithmetic", {"density": 0.2}, "valid: (none)"),
+        ("ties", {"density": "0.2"}, "must be a float"),
+    ],
+)
+def test_bad_hyperparameters_are_named(name: str, hparams: dict, culprit: str) -> None:
+    taus = [{"w": torch.ones(3)}]
+    with pytest.raises(ParamError, match="") as info:
+        merge(name, taus, **hparams)
+    assert culprit in str(info.value) and name in str(info.value)
+
+
+def test_unknown_method_lists_the_valid_ones() -> None:
+    with pytest.raises(ParamError) as info:
+        merge("tie", [{"w": torch.ones(3)}])
+    assert "'tie'" in str(info.value) and "ties" in str(info.value) and "task_arithmetic" in str(info.value)
+
+
+def test_model_layout_counts_d() -> None:
+    layout = ModelLayout(keys=("a", "b"), shapes={"a": (2, 3), "b": ()}, num_tasks=2, compute_dtype=torch.float32)
+    assert layout.total_numel == 7 == math.prod((2, 3)) + 1
