@@ -1,0 +1,192 @@
+"""The streaming core: stream_merge over sources against the in-memory API, validation, passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spec_reference as ref
+from weaving import METHODS, DictSource, InputError, ParamError, apply_task_vector, merge, task_vectors, weave
+from weaving.engine import stream_merge
+
+
+class RecordingSource(DictSource):
+    """A DictSource that logs every load and can forbid loading altogether."""
+
+    def __init__(self, sd, name, log: list | None = None, forbid_loads: bool = False, reverse_keys: bool = False):
+        super().__init__(sd, name)
+        self.log = log if log is not None else []
+        self.forbid_loads = forbid_loads
+        self.reverse_keys = reverse_keys
+
+    def keys(self):
+        return sorted(super().keys(), reverse=self.reverse_keys)
+
+    def load(self, key):
+        if self.forbid_loads:
+            raise AssertionError(f"{self.name}: loaded {key!r} before validation finished")
+        self.log.append((self.name, key))
+        return super().load(key)
+
+
+def _sources(pretrained, finetuned, **kwargs):
+    log: list = []
+    pre = RecordingSource(pretrained, "pre.safetensors", log, **kwargs)
+    fts = [RecordingSource(sd, f"ft{i}.safetensors", log, **kwargs) for i, sd in enumerate(finetuned)]
+    return pre, fts, log
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_stream_merge_equals_in_memory_merge(method: str, dtype) -> None:
+    pretrained, finetuned = ref.random_model(3, seed=1, zero_size=True, dtype=dtype)
+    taus = task_vectors(pretrained, finetuned)
+    pre, fts, _ = _sources(pretrained, finetuned, reverse_keys=True)
+    streamed = list(stream_merge(pre, fts, method, lam=0.7, seed=2))
+    assert [k for k, _ in streamed] == sorted(pretrained)
+    expected = apply_task_vector(pretrained, merge(method, taus, lam=0.7, seed=2))
+    for key, value in streamed:
+        assert value.dtype == pretrained[key].dtype and value.shape == pretrained[key].shape
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("pooling", ["avg", "random", "magmax"])
+@pytest.mark.parametrize("materialize", [False, True])
+def test_stream_weave_equals_in_memory_weave(pooling: str, materialize: bool) -> None:
+    pretrained, finetuned = ref.random_model(2, seed=5)
+    taus = task_vectors(pretrained, finetuned)
+    pre, fts, _ = _sources(pretrained, finetuned)
+    kwargs = dict(lambdas=[0.1, 0.5, 1.0], pooling=pooling, pool_over="all", seed=4, materialize=materialize)
+    streamed = dict(stream_merge(pre, fts, "ties", density=0.3, **kwargs))
+    expected = apply_task_vector(pretrained, weave("ties", taus, density=0.3, **kwargs))
+    assert streamed.keys() == expected.keys()
+    for key, value in streamed.items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_non_float_buffers_come_from_pretrained() -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0)
+    finetuned[1]["position_ids"] = finetuned[1]["position_ids"] + 100  # ignored: not in task vectors
+    out = dict(stream_merge(DictSource(pretrained), [DictSource(sd) for sd in finetuned], "magmax", lam=1.0))
+    assert torch.equal(out["position_ids"], pretrained["position_ids"])
+    assert torch.equal(out["attn_mask"], pretrained["attn_mask"])
+
+
+def _passes(log: list, source: str) -> list[list[str]]:
+    """Split one source's sequence of loaded keys into passes (a pass restarts the key order)."""
+    passes: list[list[str]] = []
+    for name, key in log:
+        if name != source:
+            continue
+        if not passes or key <= passes[-1][-1]:
+            passes.append([])
+        passes[-1].append(key)
+    return passes
+
+
+@pytest.mark.parametrize(
+    "method, dtype, num_passes",
+    [("task_arithmetic", torch.float32, 1), ("tsv", torch.float32, 1), ("ties", torch.float32, 4),
+     ("ties", torch.float64, 6), ("pcb", torch.float32, 5), ("pcb", torch.float64, 9)],
+)
+def test_passes_visit_keys_in_sorted_order_one_key_at_a_time(method: str, dtype, num_passes: int) -> None:
+    pretrained, finetuned = ref.random_model(2, seed=3, dtype=dtype)
+    pre, fts, log = _sources(pretrained, finetuned)
+    float_keys = sorted(k for k, v in pretrained.items() if v.is_floating_point())
+    for _ in stream_merge(pre, fts, method, lam=1.0):
+        pass
+    passes = _passes(log, "ft1.safetensors")
+    assert len(passes) == num_passes
+    assert all(p == float_keys for p in passes)
+    # every load of a key by the T + 1 sources is contiguous: one key's tensors at a time
+    float_loads = [key for _, key in log if key in float_keys]
+    assert len(float_loads) == 3 * len(float_keys) * num_passes
+    assert all(len(set(float_loads[i : i + 3])) == 1 for i in range(0, len(float_loads), 3))
+
+
+def test_validation_happens_before_any_load() -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0)
+    pre, fts, _ = _sources(pretrained, finetuned, forbid_loads=True)
+    bad_calls = [
+        (dict(method="tie", lam=1.0), ParamError, "unknown method 'tie'; valid: breadcrumbs, dare"),
+        (dict(method="ties", lam=1.0, dens=0.1), ParamError, "unknown hyper-parameter(s) 'dens'; valid: density"),
+        (dict(method="ties", lam=1.0, density=0.0), ParamError, "'density' must be in (0, 1]"),
+        (dict(method="dare", lam=1.0, p=1.0), ParamError, "'p' must be in [0, 1)"),
+        (dict(method="ties", lambdas=[], pooling="avg"), ParamError, "empty"),
+        (dict(method="ties", lambdas=[0.1], pooling="mean"), ParamError, "unknown pooling 'mean'"),
+        (dict(method="ties", lambdas=[0.1], pooling="avg", pool_over="A"), ParamError, "unknown pool_over 'A'"),
+        (dict(method="ties", lambdas=[0.1]), ParamError, "needs a pooling"),
+        (dict(method="ties", lam=1.0, lambdas=[0.1], pooling="avg"), ParamError, "either lam"),
+        (dict(method="ties"), ParamError, "either lam"),
+        (dict(method="ties", lam=float("inf")), ParamError, "lam must be a finite number"),
+        (dict(method="ties", lam=1.0, seed=1.5), ParamError, "seed must be an integer"),
+    ]
+    for kwargs, error, message in bad_calls:
+        method = kwargs.pop("method")
+        with pytest.raises(error) as info:
+            stream_merge(pre, fts, method, **kwargs)
+        assert message in str(info.value), (message, str(info.value))
+    with pytest.raises(InputError, match="at least one fine-tuned source"):
+        stream_merge(pre, [], "ties", lam=1.0)
+
+
+def test_mismatched_sources_are_named() -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0)
+    cases = []
+    missing = dict(finetuned[1])
+    del missing["blocks.0.bias"]
+    cases.append((missing, "ft1.safetensors: key set differs from pre.safetensors: missing 'blocks.0.bias'"))
+    extra = dict(finetuned[1], **{"head.weight": torch.zeros(2)})
+    cases.append((extra, "extra 'head.weight'"))
+    reshaped = dict(finetuned[1], **{"blocks.0.bias": torch.zeros(99)})
+    cases.append((reshaped, "ft1.safetensors: key 'blocks.0.bias' has shape (99,), pre.safetensors has (5,)"))
+    retyped = dict(finetuned[1], **{"blocks.0.bias": finetuned[1]["blocks.0.bias"].double()})
+    cases.append((retyped, "ft1.safetensors: key 'blocks.0.bias' has dtype torch.float64"))
+    for bad, message in cases:
+        pre, fts, _ = _sources(pretrained, [finetuned[0], bad], forbid_loads=True)
+        with pytest.raises(InputError) as info:
+            stream_merge(pre, fts, "ties", lam=1.0)
+        assert message in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+@pytest.mark.parametrize("where", ["pre", "ft"])
+def test_nan_is_reported_with_source_and_key(method: str, where: str) -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0)
+    target = pretrained if where == "pre" else finetuned[1]
+    target["conv.weight"] = target["conv.weight"].clone()
+    target["conv.weight"].view(-1)[3] = float("nan") if where == "pre" else float("inf")
+    pre, fts, _ = _sources(pretrained, finetuned)
+    stream = stream_merge(pre, fts, method, lam=1.0)  # creating the stream reads nothing
+    name = "pre.safetensors" if where == "pre" else "ft1.safetensors"
+    with pytest.raises(InputError, match=rf"{name}: key 'conv.weight' contains NaN or inf"):
+        list(stream)
+
+
+def test_in_memory_api_rejects_bad_task_vectors() -> None:
+    with pytest.raises(InputError, match="task vector 0: key 'ids' has dtype torch.int64"):
+        merge("ties", [{"ids": torch.arange(3)}])
+    with pytest.raises(InputError, match="task vector 1: key set differs"):
+        merge("ties", [{"a": torch.ones(2)}, {"b": torch.ones(2)}])
+    with pytest.raises(InputError, match="need at least one task vector"):
+        merge("ties", [])
+    with pytest.raises(InputError, match="task vector 0: key 'a' contains NaN"):
+        merge("task_arithmetic", [{"a": torch.tensor([float("nan")])}])
+    with pytest.raises(InputError, match="fine-tuned state dict 0: key 'a' has shape"):
+        task_vectors({"a": torch.ones(2)}, [{"a": torch.ones(3)}])
+    with pytest.raises(InputError, match="missing 'b'"):
+        apply_task_vector({"a": torch.ones(2), "b": torch.ones(1)}, {"a": torch.ones(2)})
+
+
+def test_half_precision_model_streams_in_its_dtype() -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0, dtype=torch.bfloat16)
+    out = dict(stream_merge(DictSource(pretrained), [DictSource(sd) for sd in finetuned], "pcb", lam=1.0))
+    assert all(out[k].dtype == v.dtype for k, v in pretrained.items())
+
+
+def test_progress_bars_are_labelled_per_pass(capsys) -> None:
+    pretrained, finetuned = ref.random_model(2, seed=0)
+    list(stream_merge(DictSource(pretrained), [DictSource(sd) for sd in finetuned], "ties", lam=1.0, progress=True))
+    err = capsys.readouterr().err
+    for label in ("ties: trim threshold, pass 1/2", "ties: trim threshold, pass 2/2", "ties: majority sign", "ties: merge"):
+        assert label in err
