@@ -77,3 +77,8 @@ def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[
     names = list(paths)
     taus = task_vectors(pretrained, [load_state_dict(paths[n]) for n in names])
     return pretrained, dict(zip(names, taus)), splits
+
+
+def is_main_process() -> bool:
+    """False in the extra workers that `torchrun` starts (only rank 0 writes outputs)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,6 +1,6 @@
 """Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
 
-from _common import stage, stage_params
+from _common import is_main_process, stage, stage_params
 
 params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
 
@@ -24,6 +24,8 @@ with stage(f"finetune@{model_name}-{task}"):
     visual = finetune(model, head, train, recipe=recipe, seed=params.seed,
                       checkpoint_dir=f".resume/{model_name}/finetune/{task}", progress=True)
     seconds = time.perf_counter() - started
+    if not is_main_process():
+        raise SystemExit(0)
     save_state_dict(f"models/{model_name}/finetuned/{task}.safetensors", visual,
                     metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
     cache = torch.load(f"data/cache/{model_name}/{task}_test.pt", weights_only=True)

@@ -4,7 +4,7 @@ Split i starts from split i-1's image encoder and trains with a head over split 
 classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
 """
 
-from _common import stage, stage_params
+from _common import is_main_process, stage, stage_params
 
 params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
 benchmark = params.cl_benchmarks[name]
@@ -22,7 +22,8 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
     from weaving.datasets import class_splits, load_prepared
     from weaving.io import load_state_dict, save_state_dict
 
-    recipe = FinetuneRecipe(**params.sequential.model_dump(exclude_none=True))
+    recipe_fields = params.sequential.recipe_for(benchmark.dataset)
+    recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
     model = load_pretrained(f"models/{model_name}/pretrained")
     dataset = load_prepared(f"data/prepared/{benchmark.dataset}")
     head = load_state_dict(f"models/{model_name}/heads/{benchmark.dataset}.safetensors")["weight"]
@@ -39,6 +40,9 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
             visual = finetune(model, head, train, recipe=recipe, seed=params.seed + i, class_subset=classes,
                               init_visual=previous, checkpoint_dir=f".resume/{model_name}/sequential/{name}/{i}",
                               progress=True)
+            previous = visual
+            if not is_main_process():
+                continue
             save_state_dict(staging / f"split_{i}.safetensors", visual,
                             metadata={"benchmark": name, "split": str(i), "classes": json.dumps(classes)})
             history.append({
@@ -47,7 +51,8 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
                                                  class_subset=classes), 4),
                 "accuracy_all": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size), 4),
             })
-            previous = visual
+        if not is_main_process():
+            raise SystemExit(0)
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     except BaseException:

@@ -93,7 +93,7 @@ class TrainRecipe(_Strict):
 
 
 class FinetuneParams(TrainRecipe):
-    """The per-task recipe, with optional per-dataset overrides of any recipe field."""
+    """A fine-tuning recipe, with optional per-dataset overrides of any recipe field."""
 
     per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -154,15 +154,17 @@ class Params(_Strict):
 
     profile: Literal["embedded", "smoke", "paper"]
     seed: int = 0
+    launch: str = Field(default="python", min_length=1,
+                        description="how fine-tuning stages start: 'python', or e.g. 'torchrun --nproc_per_node=gpu'")
     models: list[str] = Field(min_length=1)
     model_specs: dict[str, ModelSpec]
     datasets: list[str] = Field(min_length=1)
     data: DataParams
     suite: Suite
     cl_benchmarks: dict[str, ContinualBenchmark]
-    pretrain: TrainRecipe
+    pretrain: TrainRecipe | None = Field(description="needed when a model has pretrained: pipeline")
     finetune: FinetuneParams
-    sequential: TrainRecipe
+    sequential: FinetuneParams
     eval: EvalParams
     methods: list[str] = Field(min_length=1)
     method_params: dict[str, MethodParams]
@@ -176,6 +178,10 @@ class Params(_Strict):
         needed = list(self.suite.mtl) + [self.cl_benchmarks[b].dataset for b in self.suite.cl]
         _require_subset("suite (its datasets)", needed, "datasets", self.datasets)
         _require_subset("finetune.per_task", list(self.finetune.per_task), "suite.mtl", self.suite.mtl)
+        cl_datasets = sorted({self.cl_benchmarks[b].dataset for b in self.suite.cl})
+        _require_subset("sequential.per_task", list(self.sequential.per_task), "the suite.cl datasets", cl_datasets)
+        if self.pretrain is None and any(self.model_specs[m].pretrained == "pipeline" for m in self.models):
+            raise ValueError("pretrain: a recipe is needed, since a model has pretrained: pipeline")
         _require_subset("weave.artifact.pooling", [self.weave.artifact.pooling], "weave.poolings",
                         self.weave.poolings)
         _require_subset("weave.artifact.pool_over", [self.weave.artifact.pool_over], "weave.pool_over",
