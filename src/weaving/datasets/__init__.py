@@ -12,7 +12,7 @@ See docs/contracts.md ("Prepared dataset on disk") and SOURCES.md (where the pap
 
 from weaving.datasets.base import DatasetError
 from weaving.datasets.download import Artifact, DownloadError, download
-from weaving.datasets.prepare import PROFILES, prepare
+from weaving.datasets.preparation import PROFILES, prepare
 from weaving.datasets.prepared import PreparedDataset, SplitData, load_prepared
 from weaving.datasets.registry import DATASETS, DatasetSpec, Source, get_spec
 from weaving.datasets.splits import SPLITS, class_splits
