@@ -215,7 +215,7 @@ class Params(_Strict):
 
 
 def _require_subset(what: str, names, where: str, valid) -> None:
-    unknown = [n for n in names if n not in valid]
+    unknown = list(dict.fromkeys(n for n in names if n not in valid))
     if unknown:
         raise ValueError(f"{what}: unknown {unknown}; valid choices in {where}: {sorted(valid)}")
 
