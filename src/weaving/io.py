@@ -23,6 +23,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -370,18 +371,20 @@ def open_source(path: str | os.PathLike[str]) -> StateDictFileSource:
     return _open_single_file(resolved)
 
 
-def _sha256_of_one_file(path: Path) -> str:
+def _sha256_of_one_file(path: Path, bar: tqdm | None = None) -> str:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
     return digest.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
     """SHA-256 (hex) of a checkpoint, read in 1 MiB chunks.
 
     A plain file: the digest of its bytes (what ``sha256sum FILE`` prints). A sharded
@@ -391,12 +394,20 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """
     resolved = resolve_checkpoint(path)
     _require_file(resolved)
-    if not resolved.name.endswith(".index.json"):
-        return _sha256_of_one_file(resolved)
-    shard_names = sorted(set(_read_weight_map(resolved).values()))
-    lines = [f"{_sha256_of_one_file(resolved)}  {resolved.name}\n"]
-    lines += [f"{_sha256_of_one_file(resolved.parent / name)}  {name}\n" for name in shard_names]
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    names = [resolved.name]
+    if resolved.name.endswith(".index.json"):
+        names += sorted(set(_read_weight_map(resolved).values()))
+    files = [resolved.parent / name for name in names]
+    for file in files[1:]:
+        _require_file(file)
+    total = sum(file.stat().st_size for file in files)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {Path(path).name}",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        digests = [_sha256_of_one_file(file, bar) for file in files]
+    if len(files) == 1:
+        return digests[0]
+    manifest = "".join(f"{digest}  {name}\n" for digest, name in zip(digests, names))
+    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
 
 
 def _header_bytes(specs: Mapping[str, TensorSpec], metadata: Mapping[str, str]) -> bytes:
@@ -469,6 +480,8 @@ def write_safetensors(
             unit_divisor=1024,
             desc=description or target.name,
             disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
         ) as bar:
             handle.write(header)
             expected = iter(specs.items())
