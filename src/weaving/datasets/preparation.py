@@ -58,8 +58,8 @@ def _capped(pool: Pool, candidates: np.ndarray, limit: int | None, rng: np.rando
     """A seeded stratified subsample of ``candidates`` of at most ``limit`` items, in source order."""
     if limit is None or limit >= len(candidates):
         return np.sort(candidates)
-    order = stratified_order(pool.labels[candidates], rng)
-    return np.sort(candidates[order[:limit]])
+    order = stratified_order(pool.labels[candidates], rng, length=limit)
+    return np.sort(candidates[order])
 
 
 def allocate(raw: RawDataset, profile: str, limits: dict[str, int | None], seed: int) -> tuple[dict[str, tuple[str, np.ndarray]], str]:
@@ -71,7 +71,9 @@ def allocate(raw: RawDataset, profile: str, limits: dict[str, int | None], seed:
     n_train = len(train_pool.labels)
     out: dict[str, tuple[str, np.ndarray]] = {}
     if profile == "embedded":
-        order = stratified_order(train_pool.labels, rng_for(seed, _STREAM["embedded_train_pool"]))
+        wanted = [limits["val"], limits["train"], limits["pretrain"]]
+        length = None if any(v is None for v in wanted) else sum(wanted)
+        order = stratified_order(train_pool.labels, rng_for(seed, _STREAM["embedded_train_pool"]), length=length)
         if "val" in pools:
             val_pool = pools["val"]
             out["val"] = ("val", _capped(val_pool, np.arange(len(val_pool.labels)), limits["val"], rng_for(seed, _STREAM["val"])))

@@ -1,10 +1,8 @@
 """Seeded split rules: stratified orders, limit allocation, the task-vector val split, class splits.
 
-Stratified order (used for every subsample): within each class the items are put in a
-seeded random order; item ``r`` of a class of size ``n_c`` gets the key ``(r + 0.5) / n_c``
-and the pool is sorted by key (seeded random tie-break). Every prefix of that order then
-holds each class in proportion to the pool, within one item, and consecutive segments of
-it are disjoint by construction.
+Stratified order (used for every subsample): a seeded order of the pool whose every prefix
+holds each class in proportion to the pool, within one item (so any segment of it is within
+two items); consecutive segments of it are disjoint by construction.
 """
 
 from __future__ import annotations
@@ -23,17 +21,30 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *map(int, stream)])
 
 
-def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``labels`` in a seeded order whose every prefix is class-proportional (within 1 per class)."""
+def stratified_order(labels: np.ndarray, rng: np.random.Generator, length: int | None = None) -> np.ndarray:
+    """The first ``length`` (default: all) indices of ``labels`` in a seeded, class-proportional order.
+
+    Step ``k`` (1-based) takes the next item of the class with the largest deficit
+    ``k * n_c / N - taken_c`` (ties: a seeded class priority); the items of a class come in a
+    seeded random order. Every prefix then holds each class within one item of its share.
+    """
     labels = np.asarray(labels)
-    n = len(labels)
-    keys = np.empty(n, dtype=np.float64)
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        ranks = rng.permutation(len(members))
-        keys[members] = (ranks + 0.5) / len(members)
-    tie_break = rng.permutation(n)
-    return np.lexsort((tie_break, keys))
+    total = len(labels)
+    length = total if length is None else min(int(length), total)
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
+    priority = rng.permutation(len(classes))
+    share = sizes / max(total, 1)
+    taken = np.zeros(len(classes), dtype=np.int64)
+    out = np.empty(length, dtype=np.int64)
+    for k in range(length):
+        deficit = (k + 1) * share - taken
+        deficit[taken >= sizes] = -np.inf
+        ties = np.flatnonzero(deficit >= deficit.max() - 1e-9)
+        c = ties[np.argmin(priority[ties])]
+        out[k] = members[c][taken[c]]
+        taken[c] += 1
+    return out
 
 
 def take_segments(order: np.ndarray, sizes: Sequence[int | None]) -> list[np.ndarray]:
