@@ -36,7 +36,7 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fo
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """Render and close `fig`; deterministic PNG bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
 
@@ -112,7 +112,7 @@ def figure_best_lambda(run: RunMetrics, model: str) -> Figure:
                 if kde is not None:
                     ax.plot(grid, kde, color=OKABE_ITO["black"], lw=1.5, label="kernel density estimate")
                 else:
-                    ax.text(0.98, 0.92, "KDE n/a (one value)", transform=ax.transAxes, ha="right", va="top",
+                    ax.text(0.03, 0.95, "KDE n/a (one value)", transform=ax.transAxes, ha="left", va="top",
                             fontsize=8, color="0.35")
                 ax.axvline(record.baseline_lam, color=OKABE_ITO["vermillion"], ls=":", lw=1.5,
                            label="data-free baseline λ")

@@ -127,10 +127,15 @@ class RunMetrics:
         return self.weave[(model, setup, method)]
 
 
+TIE_TOLERANCE = 1e-9
+"""Accuracies closer than this are ties (sums of the same numbers in another order differ by rounding)."""
+
+
 def _argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; the first of any tie."""
     best = 0
     for i, v in enumerate(values):
-        if v > values[best]:
+        if v > values[best] + TIE_TOLERANCE:
             best = i
     return best
 

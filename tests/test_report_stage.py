@@ -1,0 +1,158 @@
+"""The `report` stage end to end on synthetic metrics: every output, atomicity, clean errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from report_fixtures import make_run
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["tiny-clip", "ViT-B-32"]
+METHODS = ["magmax", "iso_c"]
+
+
+def load_stage(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_stage = load_stage("report")
+vega_stage = load_stage("vega_template")
+
+
+def argv(metrics: Path, out: Path, models=MODELS, setups=("mtl", "cl", "dg"), methods=METHODS,
+         profile="embedded") -> list[str]:
+    return ["--metrics", str(metrics), "--out", str(out), "--models", *models, "--setups", *setups,
+            "--methods", *methods, "--profile", profile]
+
+
+def expected_files(models, setups=("mtl", "cl", "dg"), methods=METHODS) -> set[str]:
+    files = {"summary.json", "claims.md", "claims.json", "paper_comparison.md", "index.html",
+             "figures/figure1_baseline_vs_weaving.png"}
+    for stem in ("table1_recommended", "table2_data_free", "table3_pooling", "oracle",
+                 *[f"per_dataset_{s}_{m}" for s in setups for m in models]):
+        files |= {f"tables/{stem}.md", f"tables/{stem}.csv"}
+    for model in models:
+        files |= {f"figures/{kind}_{model}.png" for kind in ("figure2_best_lambda", "figure3_similarity",
+                                                              "accuracy_vs_lambda")}
+    files |= {f"plots/{name}.csv" for name in ("accuracy_vs_lambda", "weaving_by_pooling", "baseline_vs_weaving",
+                                               "best_lambda", "similarity")}
+    files |= {f"plots/dvc/accuracy_vs_lambda/{m}__{s}__{me}.csv" for m in models for s in setups for me in methods}
+    files |= {f"plots/dvc/baseline_vs_weaving/{m}__{s}.csv" for m in models for s in (*setups, "avg")}
+    return files
+
+
+def listing(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory):
+    return make_run(models=MODELS, methods=METHODS).write(tmp_path_factory.mktemp("metrics"))
+
+
+@pytest.fixture(scope="module")
+def reports(metrics, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "reports"
+    assert report_stage.main(argv(metrics, out)) == 0
+    return out
+
+
+def test_stage_writes_every_output(reports):
+    assert listing(reports) == expected_files(MODELS)
+    summary = json.loads((reports / "summary.json").read_text())
+    assert set(summary) == {*MODELS, "avg"}
+    claims = json.loads((reports / "claims.json").read_text())["claims"]
+    assert [c["id"] for c in claims] == ["beats_baseline", "gains_by_setup", "poolings", "best_lambda_spread",
+                                         "pool_over"]
+    assert "**Not comparable**" in (reports / "paper_comparison.md").read_text()
+
+
+def test_index_html_is_self_contained(reports):
+    page = (reports / "index.html").read_text()
+    assert page.count("src=\"data:image/png;base64,") == len([f for f in expected_files(MODELS)
+                                                               if f.startswith("figures/")])
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    for anchor in ("table1_recommended", "table2_data_free", "table3_pooling", "oracle"):
+        assert f'id="{anchor}"' in page
+
+
+def test_rerun_is_byte_identical_and_removes_stale_files(tmp_path):
+    small = {"models": ["tiny-clip"], "setups": ("mtl",), "methods": ["ties"]}
+    metrics = make_run(**small).write(tmp_path / "metrics")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert report_stage.main(argv(metrics, first, **small)) == 0
+    (second / "tables").mkdir(parents=True)
+    (second / "tables" / "stale.md").write_text("old")
+    (second / "keep.txt").write_text("not the report's")
+    assert report_stage.main(argv(metrics, second, **small)) == 0
+    expected = expected_files(**small)
+    assert listing(first) == expected
+    assert listing(second) == expected | {"keep.txt"}
+    for name in expected:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert not [p for p in second.iterdir() if p.name.startswith(".report-")]
+
+
+def test_missing_file_fails_before_writing(metrics, tmp_path, capsys):
+    broken = make_run(models=MODELS, methods=METHODS).write(tmp_path / "metrics")
+    (broken / "ViT-B-32" / "weave" / "dg" / "iso_c.json").unlink()
+    out = tmp_path / "reports"
+    assert report_stage.main(argv(broken, out)) == 1
+    err = capsys.readouterr().err
+    assert "error: report:" in err and "ViT-B-32/weave/dg/iso_c.json: file is missing" in err
+    assert not out.exists()
+
+
+def test_partial_file_fails_and_leaves_previous_outputs(reports, tmp_path, capsys):
+    synthetic = make_run(models=MODELS, methods=METHODS)
+    del synthetic.weave[("tiny-clip", "cl", "magmax")]["sweep"]["mnist-s5"]
+    broken = synthetic.write(tmp_path / "metrics")
+    before = {name: (reports / name).read_bytes() for name in listing(reports)}
+    assert report_stage.main(argv(broken, reports)) == 1
+    assert "'sweep' lacks task(s) ['mnist-s5']" in capsys.readouterr().err
+    assert {name: (reports / name).read_bytes() for name in listing(reports)} == before
+
+
+def test_command_line_exit_code_and_message(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / "report.py"), *argv(tmp_path, tmp_path / "out"),
+                             "--poolings", "avg", "bogus"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "unknown poolings ['bogus']; valid: avg, magmax, random" in result.stderr
+
+
+def fake_node_modules(root: Path, body: str = "window.x = 1;") -> Path:
+    for package, relative in vega_stage.LIBRARIES:
+        path = root / package / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"/* {package} */ {body}")
+        (root / package / "package.json").write_text(json.dumps({"version": "9.9.9"}))
+    return root
+
+
+def test_vega_template_inlines_the_libraries(tmp_path):
+    modules = fake_node_modules(tmp_path / "node_modules", body='var s = "</script>";')
+    out = tmp_path / "reports" / "vega_template.html"
+    assert vega_stage.main(["--node-modules", str(modules), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "{plot_divs}" in page and "{scripts}" not in page and "cdn" not in page
+    assert page.count("<script>") == 3 and "<\\/script>" in page
+    assert "vega@9.9.9, vega-lite@9.9.9, vega-embed@9.9.9" in page
+
+
+def test_vega_template_errors(tmp_path, capsys):
+    out = tmp_path / "t.html"
+    assert vega_stage.main(["--node-modules", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert "vega/build/vega.min.js not found" in capsys.readouterr().err
+    modules = fake_node_modules(tmp_path / "node_modules", body="var s = '{plot_divs}';")
+    assert vega_stage.main(["--node-modules", str(modules), "--out", str(out)]) == 1
+    assert "contains the DVC placeholder {plot_divs}" in capsys.readouterr().err
+    assert not out.exists()
