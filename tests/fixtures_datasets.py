@@ -345,7 +345,7 @@ class FileServer:
                 self.wfile.write(payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -363,3 +363,20 @@ class FileServer:
 def csv_rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def trust_fixture_archives(monkeypatch, name: str, folder: Path) -> None:
+    """Point the registry's digests for ``name`` at the fixture files in ``folder`` (they are not the real archives)."""
+    import dataclasses
+
+    from weaving.datasets import DATASETS
+
+    spec = DATASETS[name]
+    sources = []
+    for source in spec.sources:
+        artifacts = tuple(
+            dataclasses.replace(a, sha256=sha256(folder / a.filename), md5=None, size=None)
+            if (folder / a.filename).is_file() else a
+            for a in source.artifacts)
+        sources.append(dataclasses.replace(source, artifacts=artifacts))
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(spec, sources=tuple(sources)))

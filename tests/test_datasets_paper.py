@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from fixtures_datasets import PAPER_MAKERS, archive_names, csv_rows
+from fixtures_datasets import PAPER_MAKERS, archive_names, csv_rows, trust_fixture_archives
 from weaving.datasets import DatasetError, load_prepared, prepare
 from weaving.datasets.metadata import load_metadata
 
@@ -23,9 +23,10 @@ def _prepared_truth(out):
 
 
 @pytest.mark.parametrize("name", FILES_DATASETS)
-def test_official_split_loaders_keep_the_published_split_and_labels(tmp_path, name):
+def test_official_split_loaders_keep_the_published_split_and_labels(tmp_path, monkeypatch, name):
     raw = tmp_path / "raw"
     truth = PAPER_MAKERS[name](raw / name)
+    trust_fixture_archives(monkeypatch, name, raw / name)
     out = tmp_path / "prepared" / name
     meta = prepare(name, out_dir=out, raw_dir=raw, seed=0, progress=False)
     got = _prepared_truth(out)
@@ -49,9 +50,10 @@ def test_official_split_loaders_keep_the_published_split_and_labels(tmp_path, na
     assert (out / "images" / rel).read_bytes() == (raw / name / rel).read_bytes()
 
 
-def test_dtd_uses_partition_one_only(tmp_path):
+def test_dtd_uses_partition_one_only(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     PAPER_MAKERS["dtd"](raw / "dtd")
+    trust_fixture_archives(monkeypatch, "dtd", raw / "dtd")
     out = tmp_path / "dtd"
     prepare("dtd", out_dir=out, raw_dir=raw, progress=False)
     got = _prepared_truth(out)
@@ -61,9 +63,10 @@ def test_dtd_uses_partition_one_only(tmp_path):
 
 
 @pytest.mark.parametrize("name,sizes", [("eurosat", None), ("imagenet_r", None)])
-def test_seeded_random_split_datasets_partition_everything(tmp_path, name, sizes):
+def test_seeded_random_split_datasets_partition_everything(tmp_path, monkeypatch, name, sizes):
     raw = tmp_path / "raw"
     truth = PAPER_MAKERS[name](raw / name)["all"]
+    trust_fixture_archives(monkeypatch, name, raw / name)
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     prepare(name, out_dir=out_a, raw_dir=raw, seed=0, progress=False)
     prepare(name, out_dir=out_b, raw_dir=raw, seed=5, progress=False)  # the split itself is fixed (seed 0)
@@ -83,9 +86,10 @@ def test_seeded_random_split_datasets_partition_everything(tmp_path, name, sizes
         assert len(got["val"]) == int(0.1 * n_train)
 
 
-def test_imagenet_r_labels_follow_sorted_names_not_wnids(tmp_path):
+def test_imagenet_r_labels_follow_sorted_names_not_wnids(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     truth = PAPER_MAKERS["imagenet_r"](raw / "imagenet_r")["all"]
+    trust_fixture_archives(monkeypatch, "imagenet_r", raw / "imagenet_r")
     meta = prepare("imagenet_r", out_dir=tmp_path / "out", raw_dir=raw, progress=False)
     names = archive_names("imagenet_r")
     assert names == sorted(names)
@@ -97,9 +101,10 @@ def test_imagenet_r_labels_follow_sorted_names_not_wnids(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["svhn", "cifar100"])
-def test_npz_paper_datasets_decode_the_real_formats(tmp_path, name):
+def test_npz_paper_datasets_decode_the_real_formats(tmp_path, monkeypatch, name):
     raw = tmp_path / "raw"
     truth = PAPER_MAKERS[name](raw / name)
+    trust_fixture_archives(monkeypatch, name, raw / name)
     out = tmp_path / name
     meta = prepare(name, out_dir=out, raw_dir=raw, seed=0, progress=False)
     ds = load_prepared(out)
@@ -118,6 +123,7 @@ def test_npz_paper_datasets_decode_the_real_formats(tmp_path, name):
 def test_cifar100_class_names_are_cross_checked_against_the_archive(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     PAPER_MAKERS["cifar100"](raw / "cifar100")
+    trust_fixture_archives(monkeypatch, "cifar100", raw / "cifar100")
     import weaving.datasets.metadata as metadata
 
     original = metadata.load_metadata("cifar100", "paper")
@@ -131,9 +137,10 @@ def test_cifar100_class_names_are_cross_checked_against_the_archive(tmp_path, mo
     assert not (tmp_path / "out").exists()
 
 
-def test_limits_cap_each_split_stratified(tmp_path):
+def test_limits_cap_each_split_stratified(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     PAPER_MAKERS["sun397"](raw / "sun397")
+    trust_fixture_archives(monkeypatch, "sun397", raw / "sun397")
     out = tmp_path / "sun"
     meta = prepare("sun397", out_dir=out, raw_dir=raw, limits={"train": 100, "val": 10, "test": 397}, progress=False)
     assert meta["splits"] == {"pretrain": 0, "train": 100, "val": 10, "test": 397}
@@ -164,12 +171,13 @@ def test_resisc45_rar_gets_a_hint_to_unpack_by_hand(tmp_path):
         read_resisc45(raw)
 
 
-def test_unsafe_archive_member_is_refused(tmp_path):
+def test_unsafe_archive_member_is_refused(tmp_path, monkeypatch):
     from fixtures_datasets import write_tar
 
     raw = tmp_path / "raw" / "dtd"
     raw.mkdir(parents=True)
     write_tar(raw / "dtd-r1.0.1.tar.gz", {"../escape.txt": b"x"})
+    trust_fixture_archives(monkeypatch, "dtd", raw)
     with pytest.raises(DatasetError, match="refusing to extract"):
         prepare("dtd", out_dir=tmp_path / "x", raw_dir=tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw" / "escape.txt").exists()
@@ -185,3 +193,14 @@ def test_mnist_paper_profile_uses_digit_prompts_and_the_literature_val(tmp_path)
         assert meta["splits"] == {"pretrain": 0, "train": 55000, "val": 5000, "test": 10000}
     assert meta["classnames"] == [str(i) for i in range(10)]
     assert meta["templates"] == ['a photo of the number: "{}".']
+
+
+def test_a_hand_placed_archive_that_does_not_match_its_sha256_is_refused_and_kept(tmp_path):
+    raw = tmp_path / "raw"
+    PAPER_MAKERS["dtd"](raw / "dtd")  # a valid tar.gz, but not the published dtd-r1.0.1.tar.gz
+    with pytest.raises(DatasetError) as info:
+        prepare("dtd", out_dir=tmp_path / "out", raw_dir=raw, progress=False)
+    message = str(info.value)
+    assert "e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205" in message
+    assert "left in place" in message
+    assert (raw / "dtd" / "dtd-r1.0.1.tar.gz").exists() and not (raw / "dtd" / "dtd").exists()

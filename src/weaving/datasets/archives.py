@@ -37,16 +37,30 @@ def _stamp(archive: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def already_extracted(archive: Path, dest: Path) -> bool:
-    marker = _marker(dest, archive)
+def _read_marker(archive: Path, dest: Path) -> dict | None:
     try:
-        return json.loads(marker.read_text()) == _stamp(archive)
+        record = json.loads(_marker(dest, archive).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    stamp = _stamp(archive)
+    return record if all(record.get(k) == v for k, v in stamp.items()) else None
 
 
-def extract(archive: Path, dest: Path, progress: bool = False) -> None:
-    """Unpack ``archive`` into ``dest`` (skipped when its marker matches), refusing unsafe members."""
+def already_extracted(archive: Path, dest: Path) -> bool:
+    return _read_marker(archive, dest) is not None
+
+
+def recorded_sha256(archive: Path, dest: Path) -> str | None:
+    """The sha256 noted when ``archive`` (unchanged since) was unpacked into ``dest``, if any."""
+    record = _read_marker(archive, dest)
+    return record.get("sha256") if record else None
+
+
+def extract(archive: Path, dest: Path, progress: bool = False, sha256: str | None = None) -> None:
+    """Unpack ``archive`` into ``dest`` (skipped when its marker matches), refusing unsafe members.
+
+    ``sha256``, the archive's verified digest, is kept in the marker for meta.json.
+    """
     from tqdm import tqdm
 
     if already_extracted(archive, dest):
@@ -79,6 +93,6 @@ def extract(archive: Path, dest: Path, progress: bool = False) -> None:
     marker = _marker(dest, archive)
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_stamp(archive)))
+    tmp.write_text(json.dumps({**_stamp(archive), "sha256": sha256}))
     os.replace(tmp, marker)
 

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
+from weaving.datasets.archives import recorded_sha256
 from weaving.datasets.base import ArrayPool, DatasetError, FilePool, Pool, RawDataset, sha256_file
 from weaving.datasets.metadata import ClassMetadata, load_metadata
 from weaving.datasets.prepared import FILES_ROOT, ArraySplitPayload, FileSplitPayload, write_prepared
@@ -123,12 +124,13 @@ def _check_classes(spec: DatasetSpec, raw: RawDataset, meta: ClassMetadata) -> N
 
 
 def _hash_sources(raw: RawDataset, source_folder: Path, artifacts) -> dict[str, str]:
-    files = dict(raw.source_files)
+    """sha256 of every file read, and of the source's archives (from their unpack record when unchanged)."""
+    digests = {name: sha256_file(path) for name, path in raw.source_files.items()}
     for artifact in artifacts:
         path = source_folder / artifact.filename
         if path.is_file():
-            files[artifact.filename] = path
-    return {name: sha256_file(path) for name, path in sorted(files.items())}
+            digests[artifact.filename] = recorded_sha256(path, source_folder) or sha256_file(path)
+    return dict(sorted(digests.items()))
 
 
 def prepare(name: str, out_dir: str | Path, raw_dir: str | Path = "data/raw", seed: int = 0,

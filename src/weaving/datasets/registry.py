@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from weaving.datasets import offline, paper
-from weaving.datasets.archives import extract, is_archive
+from weaving.datasets.archives import already_extracted, extract, is_archive
 from weaving.datasets.base import DatasetError, RawDataset
-from weaving.datasets.download import Artifact, download
+from weaving.datasets.download import Artifact, DownloadError, download, expected_sha256, verify
 from weaving.datasets.metadata import load_metadata
 
 Reader = Callable[[Path, int], RawDataset]
@@ -286,7 +286,13 @@ def resolve(spec: DatasetSpec, raw_dir: str | Path, *, allow_download: bool = Fa
         archives = [a for a in source.artifacts if a.extract and folder is not None and (folder / a.filename).is_file()]
         if archives:
             for artifact in archives:
-                extract(folder / artifact.filename, folder, progress=progress)
+                path = folder / artifact.filename
+                if not already_extracted(path, folder):
+                    try:
+                        digest = verify(path, artifact, spec.name)
+                    except DownloadError as error:
+                        raise DownloadError(f"{error}; the file was left in place: replace it") from None
+                    extract(path, folder, progress=progress, sha256=digest)
             if not source.missing(raw_dir):
                 return source, folder
     tried: list[str] = []
@@ -298,8 +304,8 @@ def resolve(spec: DatasetSpec, raw_dir: str | Path, *, allow_download: bool = Fa
             for artifact in source.artifacts:
                 path = download(artifact, folder, dataset=spec.name, progress=progress,
                                 trust_first_download=trust_first_download)
-                if artifact.extract and is_archive(artifact.filename):
-                    extract(path, folder, progress=progress)
+                if artifact.extract and is_archive(artifact.filename) and not already_extracted(path, folder):
+                    extract(path, folder, progress=progress, sha256=expected_sha256(artifact, folder))
             if not source.missing(raw_dir):
                 return source, folder
             tried.append(f"{source.description}: still missing {', '.join(source.missing(raw_dir))} after download")
