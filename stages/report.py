@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
-        files = build_report(run, args.profile)
+        files = build_report(run, args.profile, progress=True)
     except (WeavingError, ValueError) as error:
         print(f"error: report: {error}", file=sys.stderr)
         return 1

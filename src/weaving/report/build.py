@@ -29,11 +29,12 @@ def figure_captions(run: RunMetrics) -> dict[str, str]:
     return captions
 
 
-def build_report(run: RunMetrics, profile: str) -> dict[str, bytes]:
+def build_report(run: RunMetrics, profile: str, progress: bool = False) -> dict[str, bytes]:
     """Every output file's bytes, keyed by its path relative to the report folder.
 
     summary.json, claims.md/.json, paper_comparison.md, index.html, tables/*.md|csv,
     figures/*.png, plots/*.csv (long format) and plots/dvc/** (one series per file).
+    `progress` shows a bar over the figures (the slow part) when stderr is a terminal.
     """
     if not isinstance(profile, str) or not profile:
         raise ValueError(f"profile must be a non-empty string, got {profile!r}")
@@ -44,7 +45,7 @@ def build_report(run: RunMetrics, profile: str) -> dict[str, bytes]:
         files[f"tables/{table.name}.csv"] = table.to_csv().encode()
     for name, text in all_plot_data(run).items():
         files[f"plots/{name}"] = text.encode()
-    figures = figs.all_figures(run)
+    figures = figs.all_figures(run, progress=progress)
     for name, png in figures.items():
         files[f"figures/{name}"] = png
     claims = check_claims(run)
@@ -52,6 +53,9 @@ def build_report(run: RunMetrics, profile: str) -> dict[str, bytes]:
     files["claims.json"] = claims_json(claims).encode()
     comparison = paper_comparison(run, profile)
     files["paper_comparison.md"] = comparison.to_markdown().encode()
+    if comparison.per_task is not None:
+        files[f"tables/{comparison.per_task.name}.md"] = comparison.per_task.to_markdown().encode()
+        files[f"tables/{comparison.per_task.name}.csv"] = comparison.per_task.to_csv().encode()
     intro = [f"Profile: {profile}. Models: {', '.join(run.models)}. Setups: {', '.join(run.setups)}. "
              f"Methods: {', '.join(run.methods)}. Poolings: {', '.join(run.poolings)} over "
              f"{', '.join(run.pool_overs)}. Accuracies in percent; averages are over each setup's evaluation tasks."]

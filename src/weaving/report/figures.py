@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from weaving.report import plot_data  # noqa: E402
 from weaving.report.load import SETUP_NAMES, RunMetrics, SimilarityMatrix  # noqa: E402
@@ -212,12 +214,20 @@ def figure_accuracy_vs_lambda(run: RunMetrics, model: str) -> Figure:
     return fig
 
 
-def all_figures(run: RunMetrics) -> dict[str, bytes]:
-    """Every figure as PNG bytes, keyed by path relative to `reports/figures/`."""
-    files = {"figure1_baseline_vs_weaving.png": png_bytes(figure_baseline_vs_weaving(run))}
+def figure_jobs(run: RunMetrics) -> list[tuple[str, Callable[[], Figure]]]:
+    """(file name under `reports/figures/`, function drawing it) for every figure."""
+    jobs: list[tuple[str, Callable[[], Figure]]] = [
+        ("figure1_baseline_vs_weaving.png", lambda: figure_baseline_vs_weaving(run))]
     for model in run.models:
         name = safe_name(model)
-        files[f"figure2_best_lambda_{name}.png"] = png_bytes(figure_best_lambda(run, model))
-        files[f"figure3_similarity_{name}.png"] = png_bytes(figure_similarity(run, model))
-        files[f"accuracy_vs_lambda_{name}.png"] = png_bytes(figure_accuracy_vs_lambda(run, model))
-    return files
+        jobs += [(f"figure2_best_lambda_{name}.png", lambda model=model: figure_best_lambda(run, model)),
+                 (f"figure3_similarity_{name}.png", lambda model=model: figure_similarity(run, model)),
+                 (f"accuracy_vs_lambda_{name}.png", lambda model=model: figure_accuracy_vs_lambda(run, model))]
+    return jobs
+
+
+def all_figures(run: RunMetrics, progress: bool = False) -> dict[str, bytes]:
+    """Every figure as PNG bytes, keyed by path relative to `reports/figures/`; a progress bar on a terminal."""
+    jobs = figure_jobs(run)
+    bar = tqdm(jobs, desc="report figures", unit="fig", file=sys.stderr, disable=None if progress else True)
+    return {name: png_bytes(draw()) for name, draw in bar}

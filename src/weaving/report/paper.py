@@ -7,6 +7,7 @@ any other profile gets the published Table 2 for reference and a statement of wh
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -48,6 +49,8 @@ class Comparison:
     comparable: bool
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    per_task: Table | None = None
+    """The appendix (Tables 4-12) task by task; long, so written as its own table file."""
 
     def to_markdown(self) -> str:
         parts = ["# This run against the paper's published numbers", ""]
@@ -109,6 +112,45 @@ def _compare_table3(run: RunMetrics) -> Table:
     return table
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _paper_task_key(column: str) -> str:
+    """'EuroSAT' -> 'eurosat'; continual-learning column 'ImageNetR/10' -> 'imagenetrs10' (as 'imagenet_r-s10')."""
+    if "/" in column:
+        dataset, splits = column.split("/")
+        return f"{_canonical(dataset)}s{splits}"
+    return _canonical(column)
+
+
+def _compare_per_task(run: RunMetrics, models: list[str]) -> Table | None:
+    appendix = paper_results()["appendix"]
+    table = Table("paper_vs_run_per_task", "Per-task accuracy (the paper's Tables 4-12): this run vs the paper (%)",
+                  ["Setup", "Model", "Method", "Variant", "Task", "This run", "Paper", "Δ (run − paper)"],
+                  ["setup", "model", "method", "variant", "task", "run", "paper", "difference"])
+    labels = {"recommended": "recommended λ", "baseline": "baseline (λ = 1)", "weaving": "+ Weight Weaving"}
+    for setup in run.setups:
+        for model in models:
+            for method in run.methods:
+                r = run.get(model, setup, method)
+                ours = {"recommended": r.recommended, "baseline": r.baseline,
+                        "weaving": r.weaving_per_task("avg", "all")}
+                tasks = {_canonical(t): t for t in r.tasks}
+                for row in appendix[setup][model]["rows"]:
+                    if row["method"] != method:
+                        continue
+                    for column, theirs in row["values"].items():
+                        task = tasks.get(_paper_task_key(column))
+                        if task is None:
+                            continue
+                        value = ours[row["variant"]][task]
+                        table.rows.append([Label(SETUP_SHORT[setup], setup), model, method_cell(method),
+                                           Label(labels[row["variant"]], row["variant"]), task, value,
+                                           float(theirs), value - float(theirs)])
+    return table if table.rows else None
+
+
 def paper_comparison(run: RunMetrics, profile: str) -> Comparison:
     """This run beside the published numbers when `profile` is 'paper'; otherwise why they are not comparable."""
     data = paper_results()
@@ -145,4 +187,11 @@ def paper_comparison(run: RunMetrics, profile: str) -> Comparison:
         comparison.paragraphs.append("Table 3 is not compared: it averages over all three models and setups, "
                                      "and this run does not cover them all.")
     comparison.tables.append(published_table2())
+    comparison.per_task = _compare_per_task(run, shared)
+    if comparison.per_task is None:
+        comparison.paragraphs.append("No task of this run matches a dataset column of the paper's Tables 4-12, so "
+                                     "there is no per-task comparison.")
+    else:
+        comparison.paragraphs.append(f"Task by task (the paper's Tables 4-12): tables/{comparison.per_task.name}.md "
+                                     f"and .csv ({len(comparison.per_task.rows)} cells).")
     return comparison
