@@ -272,3 +272,13 @@ def test_a_failed_prepare_leaves_the_previous_folder(prepared, tmp_path, monkeyp
         prepare("optdigits", out_dir=target, raw_dir=tmp_path, limits={"train": 20, "test": 10}, progress=False)
     assert (target / "meta.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keep")] == []
+
+
+def test_chunked_decoding_equals_one_call():
+    from weaving.datasets.base import array_pool
+    from weaving.datasets.preparation import _load_in_chunks
+
+    images = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    pool = array_pool(images, np.arange(10) % 3, "train")
+    idx = np.array([0, 2, 3, 5, 7, 8, 9])
+    assert np.array_equal(_load_in_chunks(pool, idx, "demo", progress=False, chunk=3), images[idx])

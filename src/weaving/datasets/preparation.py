@@ -103,6 +103,18 @@ def allocate(raw: RawDataset, profile: str, limits: dict[str, int | None], seed:
     return {split: out[split] for split in SPLITS}, rule
 
 
+def _load_in_chunks(pool: ArrayPool, idx: np.ndarray, desc: str, progress: bool, chunk: int = 4096) -> np.ndarray:
+    """``pool.load(idx)``, decoded in chunks under a progress bar."""
+    from tqdm import tqdm
+
+    if len(idx) <= chunk:
+        return pool.load(idx)
+    parts = [pool.load(idx[start: start + chunk])
+             for start in tqdm(range(0, len(idx), chunk), desc=f"decode {desc}", unit="chunk", disable=not progress,
+                               leave=False)]
+    return np.concatenate(parts)
+
+
 def _check_classes(spec: DatasetSpec, raw: RawDataset, meta: ClassMetadata) -> None:
     n = len(meta.classnames)
     if meta.archive_names is not None and raw.archive_classnames is not None:
@@ -167,7 +179,7 @@ def prepare(name: str, out_dir: str | Path, raw_dir: str | Path = "data/raw", se
         if spec.format == "npz":
             if not isinstance(pool, ArrayPool):
                 raise DatasetError(f"{name}: the npz format needs decoded images; the reader gave files")
-            images = pool.load(idx)
+            images = _load_in_chunks(pool, idx, f"{name} {split}", progress)
             if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(idx):
                 raise DatasetError(f"{name}: split {split}: reader produced {images.dtype} {images.shape}, "
                                    f"expected uint8 [{len(idx)}, H, W, C]")
