@@ -15,6 +15,7 @@ with stage(f"data@{name}"):
         limits=params.data.limits.model_dump(),
         allow_download=params.data.allow_download,
         progress=True,
+        profile="paper" if params.profile == "paper" else "embedded",
     )
     sizes = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
     print(f"[data@{name}] {meta['num_classes']} classes; {sizes}")
