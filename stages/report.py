@@ -3,6 +3,11 @@
     python stages/report.py --metrics metrics --out reports --models tiny-clip \
         --setups mtl cl dg --methods ties magmax ... --profile embedded \
         [--poolings avg random magmax] [--pool-over all augmented]
+    python stages/report.py --params params.yaml     # the same lists, from params.yaml
+
+With --params, models, methods, profile, poolings (weave.poolings) and pool_over
+(weave.pool_over) come from the validated params file unless given on the command line;
+setups default to mtl cl dg, --metrics to metrics and --out to reports.
 
 Every metrics file is validated before anything is written; all outputs are built in memory,
 written into a staging folder inside --out, then moved into place (files with os.replace,
@@ -23,20 +28,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout even without `pip install -e`
 
 from weaving.errors import WeavingError  # noqa: E402
-from weaving.report import POOL_OVERS, POOLINGS, build_report, load_metrics  # noqa: E402
+from weaving.report import POOL_OVERS, POOLINGS, SETUPS, build_report, load_metrics  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--metrics", required=True, type=Path, help="the metrics folder (metrics/<model>/...)")
-    parser.add_argument("--out", required=True, type=Path, help="the report folder to write")
-    parser.add_argument("--models", required=True, nargs="+")
-    parser.add_argument("--setups", required=True, nargs="+")
-    parser.add_argument("--methods", required=True, nargs="+")
-    parser.add_argument("--profile", required=True, help="params profile; 'paper' compares with the paper")
-    parser.add_argument("--poolings", nargs="+", default=list(POOLINGS))
-    parser.add_argument("--pool-over", nargs="+", default=list(POOL_OVERS), dest="pool_over")
-    return parser.parse_args(argv)
+    parser.add_argument("--params", type=Path, help="read unspecified lists from this params.yaml")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder (metrics/<model>/...)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="the report folder to write")
+    parser.add_argument("--models", nargs="+")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS))
+    parser.add_argument("--methods", nargs="+")
+    parser.add_argument("--profile", help="params profile; 'paper' compares with the paper")
+    parser.add_argument("--poolings", nargs="+")
+    parser.add_argument("--pool-over", nargs="+", dest="pool_over")
+    args = parser.parse_args(argv)
+    if args.params is None:
+        missing = [f"--{name}" for name in ("models", "methods", "profile") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"{', '.join(missing)} required (or --params params.yaml)")
+        args.poolings = args.poolings or list(POOLINGS)
+        args.pool_over = args.pool_over or list(POOL_OVERS)
+    return args
+
+
+def fill_from_params(args: argparse.Namespace) -> None:
+    """Fill the lists not given on the command line from the validated params file."""
+    from weaving.config import load_params
+
+    params = load_params(args.params)
+    args.models = args.models or list(params.models)
+    args.methods = args.methods or list(params.methods)
+    args.profile = args.profile or params.profile
+    args.poolings = args.poolings or list(params.weave.poolings)
+    args.pool_over = args.pool_over or list(params.weave.pool_over)
 
 
 def write_outputs(files: dict[str, bytes], out: Path) -> None:
@@ -66,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
+        if args.params is not None:
+            fill_from_params(args)
         run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
         files = build_report(run, args.profile, progress=True)
     except (WeavingError, ValueError) as error:

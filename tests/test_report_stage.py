@@ -156,3 +156,21 @@ def test_vega_template_errors(tmp_path, capsys):
     assert vega_stage.main(["--node-modules", str(modules), "--out", str(out)]) == 1
     assert "contains the DVC placeholder {plot_divs}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_lists_from_params_file(tmp_path):
+    params = ROOT / "profiles" / "smoke.yaml"  # models [tiny-clip], methods [task_arithmetic, ties, tsv]
+    metrics = make_run(methods=["task_arithmetic", "ties", "tsv"], setups=("mtl",)).write(tmp_path / "metrics")
+    out = tmp_path / "reports"
+    assert report_stage.main(["--params", str(params), "--metrics", str(metrics), "--out", str(out),
+                              "--setups", "mtl"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["tiny-clip"]["mtl"]) == ["task_arithmetic", "ties", "tsv"]
+    assert "profile 'smoke' is not the 'paper' profile" in (out / "paper_comparison.md").read_text()
+
+
+def test_lists_are_required_without_params(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_stage.main(["--metrics", str(tmp_path), "--models", "tiny-clip"])
+    assert exit_info.value.code == 2
+    assert "--methods, --profile required (or --params params.yaml)" in capsys.readouterr().err
