@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup data-packages repro test test-fast smoke clean-outputs
+.PHONY: setup data-packages repro test test-fast plots
 
 $(BIN)/weaving: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ test: setup  ## the test suite (slow tests included: the end-to-end smoke pipeli
 
 test-fast: setup  ## the test suite without the slow tests
 	source $(BIN)/activate && python -m pytest -m "not slow"
+
+plots: setup  ## dvc plots as an offline HTML page (vega libraries inlined from the npm registry)
+	npm install --prefix build/vega --no-audit --no-fund --silent vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+	source $(BIN)/activate && python stages/vega_template.py --node-modules build/vega/node_modules --out build/vega_template.html
+	source $(BIN)/activate && dvc plots show --html-template build/vega_template.html -o reports/dvc_plots
