@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -317,6 +319,15 @@ def test_streaming_writer_round_trip_with_metadata(tmp_path: Path) -> None:
     header_length = struct.unpack("<Q", out.read_bytes()[:8])[0]
     assert header_length % 8 == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_written_file_has_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        save_state_dict(tmp_path / "m.safetensors", {"a": torch.zeros(1)})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o640
 
 
 def test_streaming_writer_accepts_noncontiguous_tensors(tmp_path: Path) -> None:

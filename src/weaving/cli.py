@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 
-from weaving.errors import InputError, ParamError, WeavingError
+from weaving import METHODS, POOL_OVER, POOLINGS, parse_search_space
+from weaving.engine import stream_merge
+from weaving.errors import InputError, ParamError, WeavingError, choices
+from weaving.io import open_source, sha256_file, write_safetensors
 
 PROG = "weaving"
-POOL_OVER_CHOICES = ("all", "augmented")
 
 
 class UsageError(Exception):
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     weave.add_argument("--lambdas", required=True, metavar="SPEC",
                        help="search space: 'start:stop:step' (inclusive) or 'a,b,c'")
     weave.add_argument("--pooling", default="avg", help="pooling: avg, random or magmax (default avg)")
-    weave.add_argument("--pool-over", default="all", choices=POOL_OVER_CHOICES,
+    weave.add_argument("--pool-over", default="all", choices=POOL_OVER,
                        help="'all' (task vectors and scaled merges, default) or 'augmented' (scaled merges only)")
     weave.add_argument("--materialize", action="store_true",
                        help="build every pool member, as Algorithm 1 is written (slower, same result)")
@@ -112,20 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe_methods() -> str:
     """The text of ``weaving methods``."""
-    from weaving import METHODS, POOLINGS
-
-    lines = ["methods (hyper-parameter=default in [allowed range]):"]
+    lines = ["methods (hyper-parameter=default in allowed range):"]
     width = max(len(name) for name in METHODS)
     for name in sorted(METHODS):
-        method = METHODS[name]
-        params = getattr(method, "hparams", ())
-        if params:
-            described = ", ".join(f"{p.name}={p.default:g} in {p.interval()}" for p in params)
-        else:
-            described = ", ".join(f"{k}={v}" for k, v in method.defaults.items()) or "(none)"
-        lines.append(f"  {name:<{width}}  {described}")
+        described = ", ".join(
+            f"{p.name}={p.default:g}" + ("" if p.low is None and p.high is None else f" in {p.interval()}")
+            for p in METHODS[name].hparams
+        )
+        lines.append(f"  {name:<{width}}  {described or '(none)'}")
     lines.append(f"poolings: {', '.join(sorted(POOLINGS))}")
-    lines.append(f"pool over: {', '.join(POOL_OVER_CHOICES)} (default all)")
+    lines.append(f"pool over: {', '.join(POOL_OVER)} (default all)")
     return "\n".join(lines)
 
 
@@ -134,9 +132,6 @@ def validate_request(args: argparse.Namespace) -> tuple[dict[str, object], dict[
 
     ``seed`` is DARE's seed: ``--seed`` unless ``--set seed=N`` gives it on its own.
     """
-    from weaving import METHODS, POOLINGS, parse_search_space
-    from weaving.errors import choices
-
     if args.method not in METHODS:
         raise ParamError(f"unknown method {args.method!r}; valid: {choices(METHODS)}")
     method = METHODS[args.method]
@@ -180,9 +175,6 @@ def finite_outputs(stream: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple
 
 def run_merge(args: argparse.Namespace) -> None:
     """``weaving merge`` and ``weaving weave``: validate, open, stream, write."""
-    from weaving.engine import stream_merge
-    from weaving.io import open_source, sha256_file, write_safetensors
-
     given, hparams, lambdas = validate_request(args)
     out = check_paths(args)
     progress = not args.quiet

@@ -508,6 +508,9 @@ def write_safetensors(
         with safe_open(temp_path, framework="pt") as check:
             if len(check.keys()) != len(specs) or (check.metadata() or {}) != metadata:
                 raise RuntimeError(f"write_safetensors: {temp_path} does not read back as written")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(temp_path, target)
     except BaseException:
         temp_path.unlink(missing_ok=True)
