@@ -85,15 +85,23 @@ def _passes(log: list, source: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    "method, dtype, num_passes",
-    [("task_arithmetic", torch.float32, 1), ("tsv", torch.float32, 1), ("ties", torch.float32, 4),
-     ("ties", torch.float64, 6), ("pcb", torch.float32, 5), ("pcb", torch.float64, 9)],
+    "method, dtype, hparams, num_passes",
+    [
+        ("task_arithmetic", torch.float32, {}, 1),
+        ("tsv", torch.float32, {}, 1),
+        ("ties", torch.float32, {}, 3),  # radix select (2 x 16 bits), final; no sign cancels
+        ("ties", torch.float64, {}, 5),
+        ("ties", torch.float32, {"density": 0.1}, 2),  # tail selection, final
+        ("pcb", torch.float32, {}, 3),  # |X| tails, b tails, final
+        ("pcb", torch.float32, {"ratio": 0.5}, 4),  # |X| tails, b radix (2), final
+        ("pcb", torch.float64, {"ratio": 0.5}, 6),
+    ],
 )
-def test_passes_visit_keys_in_sorted_order_one_key_at_a_time(method: str, dtype, num_passes: int) -> None:
-    pretrained, finetuned = ref.random_model(2, seed=3, dtype=dtype)
+def test_passes_visit_keys_in_sorted_order_one_key_at_a_time(method: str, dtype, hparams: dict, num_passes: int) -> None:
+    pretrained, finetuned = ref.random_model(2, seed=3, dtype=dtype, shape2d=(20, 30))
     pre, fts, log = _sources(pretrained, finetuned)
     float_keys = sorted(k for k, v in pretrained.items() if v.is_floating_point())
-    for _ in stream_merge(pre, fts, method, lam=1.0):
+    for _ in stream_merge(pre, fts, method, lam=1.0, **hparams):
         pass
     passes = _passes(log, "ft1.safetensors")
     assert len(passes) == num_passes
@@ -102,6 +110,17 @@ def test_passes_visit_keys_in_sorted_order_one_key_at_a_time(method: str, dtype,
     float_loads = [key for _, key in log if key in float_keys]
     assert len(float_loads) == 3 * len(float_keys) * num_passes
     assert all(len(set(float_loads[i : i + 3])) == 1 for i in range(0, len(float_loads), 3))
+
+
+def test_ties_majority_pass_runs_when_a_column_cancels(capsys) -> None:
+    pretrained = {"a": torch.zeros(3), "b": torch.zeros(2)}
+    finetuned = [{"a": torch.tensor([1.0, 1.0, 1.0]), "b": torch.tensor([2.0, 5.0])},
+                 {"a": torch.tensor([1.0, 1.0, 1.0]), "b": torch.tensor([-2.0, 5.0])}]
+    pre, fts, log = _sources(pretrained, finetuned)
+    out = dict(stream_merge(pre, fts, "ties", lam=1.0, density=1.0, progress=True))
+    assert len(_passes(log, "ft1.safetensors")) == 3  # final pass of 'a', majority pass, rest of final pass
+    assert "ties: majority sign (needed by b)" in capsys.readouterr().err
+    assert torch.equal(out["b"], torch.tensor([2.0, 5.0]))  # majority sign is +: column 0 keeps 2.0
 
 
 def test_validation_happens_before_any_load() -> None:
@@ -188,5 +207,5 @@ def test_progress_bars_are_labelled_per_pass(capsys) -> None:
     pretrained, finetuned = ref.random_model(2, seed=0)
     list(stream_merge(DictSource(pretrained), [DictSource(sd) for sd in finetuned], "ties", lam=1.0, progress=True))
     err = capsys.readouterr().err
-    for label in ("ties: trim threshold, pass 1/2", "ties: trim threshold, pass 2/2", "ties: majority sign", "ties: merge"):
+    for label in ("ties: trim threshold, pass 1/2", "ties: trim threshold, pass 2/2", "ties: merge"):
         assert label in err

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weaving.errors import InputError
-from weaving.quantile import RadixSelect, order_keys, select_ranks
+from weaving.quantile import RadixSelect, TailSelect, order_keys, order_statistics, select_ranks
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -86,3 +86,57 @@ def test_order_keys_preserve_float_order() -> None:
 def test_rank_out_of_range_is_an_error() -> None:
     with pytest.raises(InputError, match="rank 10 is out of range"):
         select_ranks(torch.zeros(1, 10), [[10]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_magnitude_selection_equals_selection_of_abs(dtype) -> None:
+    values = _values(9, 2, 777, dtype, ties=True)
+    ranks = [[0, 388, 776], [5, 700, 776]]
+    assert torch.equal(select_ranks(values, ranks, magnitude=True), select_ranks(values.abs(), ranks))
+    ordered = torch.sort(values.abs().double(), dim=1).values
+    assert torch.equal(select_ranks(values, ranks, magnitude=True).double(), torch.stack([ordered[r, ranks[r]] for r in range(2)]))
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    rows=st.integers(1, 3),
+    length=st.integers(1, 400),
+    ties=st.booleans(),
+    order=st.sampled_from(["random", "ascending", "descending"]),
+    chunk=st.integers(1, 150),
+    magnitude=st.booleans(),
+    data=st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_tail_select_matches_sort(seed, rows, length, ties, order, chunk, magnitude, data) -> None:
+    values = _values(seed, rows, length, torch.float32, ties)
+    if order != "random":  # sorted input: every new value beats the bound (worst case)
+        values = torch.sort(values, dim=1, descending=order == "descending").values
+    near = st.integers(0, min(3, length - 1)) | st.integers(max(0, length - 4), length - 1)
+    ranks = [[data.draw(near), data.draw(near)] for _ in range(rows)]
+    select = TailSelect(ranks, torch.float32, length)
+    for lo in range(0, length, chunk):
+        select.observe(values[:, lo : lo + chunk], magnitude=magnitude)
+    select.end_pass()
+    ordered = torch.sort(values.abs() if magnitude else values, dim=1).values
+    assert torch.equal(select.values(), torch.stack([ordered[r, ranks[r]] for r in range(rows)]))
+
+
+def test_tail_select_prunes_to_a_bounded_candidate_set() -> None:
+    values = torch.arange(200_000, dtype=torch.float32).unsqueeze(0)  # ascending: worst case
+    select = TailSelect([[199_000]], torch.float32, 200_000)
+    for lo in range(0, 200_000, 1000):
+        select.observe(values[:, lo : lo + 1000])
+        assert select._tails[1][0].kept_numel <= 2 * max(1000, 1 << 16) + 1000
+    select.end_pass()
+    assert select.values().item() == 199_000.0
+
+
+def test_order_statistics_picks_tails_near_the_ends_only() -> None:
+    assert isinstance(order_statistics([[5, 990]], torch.float32, 1000), TailSelect)
+    assert isinstance(order_statistics([[500]], torch.float32, 1000), RadixSelect)
+    assert isinstance(order_statistics([[990]] * 4, torch.float32, 1000, tail_budget=10), RadixSelect)
+    with pytest.raises(InputError, match="expected 10"):
+        select = TailSelect([[9]], torch.float32, 10)
+        select.observe(torch.zeros(1, 9))
+        select.end_pass()

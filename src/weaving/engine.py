@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError, choices
 from weaving.methods import METHODS
-from weaving.methods.base import MergeMethod, MethodRun, ModelLayout
+from weaving.methods.base import MergeMethod, MethodRun, ModelLayout, PassNeeded, Workspace
 from weaving.poolings import POOLINGS, Pooling, check_pool_over, get_pooling, weave_tensor
 
 TensorDict = dict[str, torch.Tensor]
@@ -207,7 +207,16 @@ def _validate_request(
 
 
 def _check_finite(tensor: torch.Tensor, source: StateDictSource, key: str) -> None:
-    if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+    """`InputError` if `tensor` holds NaN or inf.
+
+    NaN and inf make the sum non-finite, so a finite sum proves the tensor finite; only a
+    non-finite sum (possibly an overflow of finite values) needs the element-wise check.
+    """
+    if not tensor.dtype.is_floating_point or tensor.numel() == 0:
+        return
+    if bool(torch.isfinite(tensor.sum())):
+        return
+    if not bool(torch.isfinite(tensor).all()):
         raise InputError(f"{source.name}: key {key!r} contains NaN or inf")
 
 
@@ -221,16 +230,24 @@ def _checked_load(source: StateDictSource, key: str, shape: tuple[int, ...], che
 
 
 class _TaskVectorStack:
-    """Stacked task vectors `[T, *shape]` per float key, in the compute dtype."""
+    """Stacked task vectors `[T, *shape]` per float key, in the compute dtype.
+
+    The stack lives in a buffer reused for the next key (no fresh allocation per key).
+    """
 
     def __init__(self, layout: ModelLayout) -> None:
         self.layout = layout
         self._checked: set[str] = set()
+        self._workspace = Workspace()
 
     def _first_visit(self, key: str) -> bool:
         first = key not in self._checked
         self._checked.add(key)
         return first
+
+    def _stack_buffer(self, key: str, name: str = "stack", rows: int | None = None) -> torch.Tensor:
+        rows = self.layout.num_tasks if rows is None else rows
+        return self._workspace.take(name, (rows, *self.layout.shapes[key]), self.layout.compute_dtype)
 
     def load(self, key: str) -> torch.Tensor:
         raise NotImplementedError
@@ -245,8 +262,10 @@ class _SourceStack(_TaskVectorStack):
 
     def load(self, key: str) -> torch.Tensor:
         check = self._first_visit(key)
-        shape, dtype = self.layout.shapes[key], self.layout.compute_dtype
-        return torch.stack([_checked_load(src, key, shape, check).to(dtype) for src in self._taus])
+        stacked = self._stack_buffer(key)
+        for row, source in zip(stacked, self._taus, strict=True):
+            row.copy_(_checked_load(source, key, self.layout.shapes[key], check))
+        return stacked
 
 
 class _DifferenceStack(_TaskVectorStack):
@@ -256,22 +275,24 @@ class _DifferenceStack(_TaskVectorStack):
         super().__init__(layout)
         self._pretrained = pretrained
         self._finetuned = finetuned
-        self._base: tuple[str, torch.Tensor] | None = None
+        self._base_key: str | None = None
 
-    def base(self, key: str) -> torch.Tensor:
-        """`theta_pre[key]` in the compute dtype (cached from the last `load`)."""
-        if self._base is None or self._base[0] != key:
-            tensor = _checked_load(self._pretrained, key, self.layout.shapes[key], True)
-            self._base = (key, tensor.to(self.layout.compute_dtype))
-        return self._base[1]
+    def base(self, key: str, check: bool = True) -> torch.Tensor:
+        """`theta_pre[key]` in the compute dtype (kept from the last `load` of `key`)."""
+        base = self._stack_buffer(key, "base", rows=1)[0]
+        if self._base_key != key:
+            base.copy_(_checked_load(self._pretrained, key, self.layout.shapes[key], check))
+            self._base_key = key
+        return base
 
     def load(self, key: str) -> torch.Tensor:
         check = self._first_visit(key)
-        shape, dtype = self.layout.shapes[key], self.layout.compute_dtype
-        base = _checked_load(self._pretrained, key, shape, check).to(dtype)
-        self._base = (key, base)
-        stacked = torch.stack([_checked_load(src, key, shape, check).to(dtype) for src in self._finetuned])
-        return stacked - base
+        self._base_key = None
+        base = self.base(key, check)
+        stacked = self._stack_buffer(key)
+        for row, source in zip(stacked, self._finetuned, strict=True):
+            row.copy_(_checked_load(source, key, self.layout.shapes[key], check))
+        return stacked.sub_(base)
 
 
 class _GivenRun(MethodRun):
@@ -303,10 +324,14 @@ def _stream_task_vectors(
     else:
         assert request.method is not None
         run = request.method.start(request.hparams, layout)
-    while (label := run.next_pass()) is not None:
+
+    def statistics_pass(label: str) -> None:
         for key in _bar(layout.keys, label, progress):
             run.observe(key, stack.load(key))
         run.end_pass()
+
+    while (label := run.next_pass()) is not None:
+        statistics_pass(label)
     dtype = layout.compute_dtype
     if request.lam is not None:
         lam = torch.tensor(request.lam, dtype=dtype)
@@ -317,7 +342,12 @@ def _stream_task_vectors(
         final_label = f"{request.label}: weave ({request.pooling.name} over {request.pool_over})"
     for key in _bar(layout.keys, final_label, progress):
         taus = stack.load(key)
-        at_one = run.finalize(key, taus)
+        try:
+            at_one = run.finalize(key, taus)
+        except PassNeeded as needed:
+            statistics_pass(f"{needed.label} (needed by {key})")
+            taus = stack.load(key)
+            at_one = run.finalize(key, taus)
         if tuple(at_one.shape) != layout.shapes[key]:
             raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(at_one.shape)}")
         if request.lam is not None:

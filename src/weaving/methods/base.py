@@ -1,7 +1,9 @@
 """What a merge method is, for the registry and the streaming engine.
 
 A method maps the stacked task vectors of one key, `taus` of shape `[T, *shape]` in the
-compute dtype, to the merged task vector of that key at `lam = 1`. The engine scales by
+compute dtype, to the merged task vector of that key at `lam = 1`. `taus` may live in a
+buffer the engine reuses for the next key: a method must not keep it or return a view of
+it, and must not modify it. The engine scales by
 `lam` (every method is linear in `lam`), adds `theta_pre` and casts back.
 
 Per-tensor methods (`PerTensorMethod`) see one key at a time. Model-wide methods
@@ -87,6 +89,19 @@ class ModelLayout:
         return sum(self.numel(key) for key in self.keys)
 
 
+class PassNeeded(Exception):
+    """Raised by `MethodRun.finalize` when a key needs a statistics pass not run yet.
+
+    The engine then runs the pass over every key (`observe`, `end_pass`) and calls
+    `finalize` again for the same key. TIES uses it for the majority sign, which only
+    matters where the signs of a column cancel exactly.
+    """
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label)
+        self.label = label
+
+
 class MethodRun(ABC):
     """One merge in progress: statistics passes, then per-key finalisation."""
 
@@ -103,7 +118,10 @@ class MethodRun(ABC):
 
     @abstractmethod
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
-        """The merged task vector of `key` at `lam = 1`, in the compute dtype."""
+        """The merged task vector of `key` at `lam = 1`, in the compute dtype (a new tensor).
+
+        May raise `PassNeeded` (before changing any state but the request itself).
+        """
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,26 @@ class ModelWideMethod(MergeMethod):
     def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
         assert self.begin is not None
         return self.begin(layout, **hparams)
+
+
+class Workspace:
+    """Named scratch buffers reused from key to key.
+
+    Fresh large tensors cost a page fault per page on first touch, which dominates
+    element-wise work; a buffer grown to the largest key and reused does not.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of `shape` backed by buffer `name` (valid until the next take)."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            buffer = torch.empty(numel, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
 
 
 def derive_seed(*parts: object) -> int:

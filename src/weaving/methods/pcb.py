@@ -16,16 +16,18 @@ min-max scaling of a constant row (max == min) is 0 everywhere (0/0 := 0); `D = 
 empty results. Since the clamped rows' minimum and maximum are exactly the clamp bounds,
 `norm(a) = (a - a_lo) / (a_hi - a_lo)` and `w = (max(b, b_q) - b_q) / (max(b) - b_q)`.
 
-Streaming: radix selects (`weaving.quantile`) of `|X|` at `lo`, `hi`, then of `b` at its
-position and at `D - 1` (the row maximum), then per-key finalisation.
+Streaming: exact order statistics (`weaving.quantile`) of `|X|` at `lo`, `hi`, then of `b`
+at its position and at `D - 1` (the row maximum), then per-key finalisation. Near the ends
+of a row (the default ratio) each selection is one pass keeping tail candidates; otherwise
+a radix select, one pass per 16 bits.
 """
 
 from __future__ import annotations
 
 import torch
 
-from weaving.methods.base import ModelLayout, ModelWideMethod, MethodRun, HParam
-from weaving.quantile import RadixSelect
+from weaving.methods.base import HParam, MethodRun, ModelLayout, ModelWideMethod, Workspace
+from weaving.quantile import RadixSelect, TailSelect, order_statistics
 
 
 def pcb_magnitude_positions(total: int) -> tuple[int, int]:
@@ -43,33 +45,45 @@ def _per_row(bound: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return bound.view(-1, *([1] * (like.ndim - 1)))
 
 
-def min_max(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """`(values - low) / (high - low)` with per-row bounds; a row with `high == low` gives 0."""
+def min_max_(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """In place: `(values - low) / (high - low)` with per-row bounds; rows with `high == low` give 0."""
     low, high = _per_row(low, values), _per_row(high, values)
     span = high - low
-    scaled = (values - low) / torch.where(span > 0, span, torch.ones((), dtype=values.dtype))
-    return torch.where(span > 0, scaled, torch.zeros((), dtype=values.dtype))
+    values.sub_(low).div_(torch.where(span > 0, span, torch.ones((), dtype=values.dtype)))
+    return values.mul_((span > 0).to(values.dtype))
 
 
-def pcb_clamped(taus: torch.Tensor, a_lo: torch.Tensor, a_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(Xc, norm(a))` for one key's stacked task vectors `taus` `[T, *shape]`."""
-    magnitude = taus.abs().clamp(min=_per_row(a_lo, taus), max=_per_row(a_hi, taus))
-    return torch.sign(taus) * magnitude, min_max(magnitude, a_lo, a_hi)
+def pcb_scores(
+    taus: torch.Tensor, a_lo: torch.Tensor, a_hi: torch.Tensor, workspace: Workspace, *, clamped: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(b, Xc)` for one key's stacked task vectors `taus` `[T, *shape]` (`Xc` only if `clamped`).
+
+    `a = clamp(|X|, a_lo, a_hi)`, `Xc = sign(X) * a`, `Xn = sign(X) * norm(a)`,
+    `b = exp(n * norm(a)^2) * sum_j tanh(Xn * Xn_j)`, each of the `T (T + 1) / 2` distinct
+    products evaluated once (the sum is then not in j order: equal up to rounding). Results
+    live in `workspace` buffers.
+    """
+    shape, dtype = taus.shape, taus.dtype
+    magnitude = torch.abs(taus, out=workspace.take("magnitude", shape, dtype))
+    magnitude.clamp_(min=_per_row(a_lo, taus), max=_per_row(a_hi, taus))
+    signs = torch.sign(taus, out=workspace.take("signed", shape, dtype))
+    xc = torch.mul(signs, magnitude, out=workspace.take("clamped", shape, dtype)) if clamped else None
+    normed = min_max_(magnitude, a_lo, a_hi)
+    signed = signs.mul_(normed)
+    # tanh(Xn_i * Xn_j) is symmetric in (i, j): evaluate each pair once
+    inter = torch.mul(signed, signed, out=workspace.take("inter", shape, dtype)).tanh_()
+    for i in range(shape[0] - 1):
+        pairs = torch.mul(signed[i + 1 :], signed[i], out=workspace.take("pairs", signed[i + 1 :].shape, dtype)).tanh_()
+        inter[i + 1 :] += pairs
+        inter[i] += pairs.sum(0)
+    balance = normed.square_().mul_(shape[0]).exp_().mul_(inter)
+    return balance, xc
 
 
-def pcb_balance(taus: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
-    """`b = exp(n * norm(a)^2) * sum_j tanh(Xn_i * Xn_j)`, `[T, *shape]`."""
-    signed = torch.sign(taus) * normed
-    inter = torch.zeros_like(signed)
-    for j in range(taus.shape[0]):
-        inter += torch.tanh(signed * signed[j])
-    return torch.exp(taus.shape[0] * normed.square()) * inter
-
-
-def pcb_combine(clamped: torch.Tensor, balance: torch.Tensor, b_low: torch.Tensor, b_max: torch.Tensor) -> torch.Tensor:
-    """`sum_i Xc_i w_i / max(sum_i w_i, 1e-12)`, `w = norm(max(b, b_low))`."""
-    weights = min_max(torch.maximum(balance, _per_row(b_low, balance)), b_low, b_max)
-    return (clamped * weights).sum(0) / weights.sum(0).clamp(min=1e-12)
+def pcb_combine_(clamped: torch.Tensor, balance: torch.Tensor, b_low: torch.Tensor, b_max: torch.Tensor) -> torch.Tensor:
+    """`sum_i Xc_i w_i / max(sum_i w_i, 1e-12)`, `w = norm(max(b, b_low))` (overwrites its inputs)."""
+    weights = min_max_(balance.clamp_(min=_per_row(b_low, balance)), b_low, b_max)
+    return clamped.mul_(weights).sum(0).div_(weights.sum(0).clamp_(min=1e-12))
 
 
 class PcbRun(MethodRun):
@@ -79,15 +93,18 @@ class PcbRun(MethodRun):
         total = layout.total_numel
         self._rows = layout.num_tasks
         self._dtype = layout.compute_dtype
-        self._magnitude_select: RadixSelect | None = None
-        self._score_select: RadixSelect | None = None
+        self._magnitude_select: RadixSelect | TailSelect | None = None
+        self._score_select: RadixSelect | TailSelect | None = None
         self._bounds: torch.Tensor | None = None  # [T, 2]: a_lo, a_hi
         self._score_bounds: torch.Tensor | None = None  # [T, 2]: b_low, b_max
+        self._workspace = Workspace()
         if total:
-            self._magnitude_select = RadixSelect([list(pcb_magnitude_positions(total))] * self._rows, self._dtype)
-            self._score_select = RadixSelect([[pcb_score_position(total, ratio), total - 1]] * self._rows, self._dtype)
+            magnitude_ranks = [list(pcb_magnitude_positions(total))] * self._rows
+            score_ranks = [[pcb_score_position(total, ratio), total - 1]] * self._rows
+            self._magnitude_select = order_statistics(magnitude_ranks, self._dtype, total)
+            self._score_select = order_statistics(score_ranks, self._dtype, total)
 
-    def _stage(self) -> RadixSelect | None:
+    def _stage(self) -> RadixSelect | TailSelect | None:
         for select in (self._magnitude_select, self._score_select):
             if select is not None and not select.done:
                 return select
@@ -100,18 +117,17 @@ class PcbRun(MethodRun):
         what = "magnitude clamp" if select is self._magnitude_select else "balance threshold"
         return f"pcb: {what}, pass {select.pass_index + 1}/{select.num_passes}"
 
-    def _balance(self, taus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, taus: torch.Tensor, clamped: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert self._bounds is not None
-        clamped, normed = pcb_clamped(taus, self._bounds[:, 0], self._bounds[:, 1])
-        return clamped, pcb_balance(taus, normed)
+        return pcb_scores(taus, self._bounds[:, 0], self._bounds[:, 1], self._workspace, clamped=clamped)
 
     def observe(self, key: str, taus: torch.Tensor) -> None:
         select = self._stage()
         assert select is not None
         if select is self._magnitude_select:
-            select.observe(taus.abs().reshape(self._rows, -1))
+            select.observe(taus.reshape(self._rows, -1), magnitude=True)
         else:
-            select.observe(self._balance(taus)[1].reshape(self._rows, -1))
+            select.observe(self._scores(taus)[0].reshape(self._rows, -1))
 
     def end_pass(self) -> None:
         select = self._stage()
@@ -127,8 +143,9 @@ class PcbRun(MethodRun):
         if taus[0].numel() == 0:
             return torch.zeros(taus.shape[1:], dtype=taus.dtype)
         assert self._score_bounds is not None, "pcb: finalize before the statistics passes"
-        clamped, balance = self._balance(taus)
-        return pcb_combine(clamped, balance, self._score_bounds[:, 0], self._score_bounds[:, 1])
+        balance, clamped = self._scores(taus, clamped=True)
+        assert clamped is not None
+        return pcb_combine_(clamped, balance, self._score_bounds[:, 0], self._score_bounds[:, 1])
 
 
 METHOD = ModelWideMethod(

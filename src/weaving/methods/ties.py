@@ -12,17 +12,19 @@ Choices where the spec is silent: `D - k < 1` (density 1) keeps everything; `k =
 the entries equal to the row maximum (rank `D - 1`), as `torch.kthvalue(D)` would; if the
 majority sign is itself 0 the columns with `s == 0` give 0; `D = 0` gives empty results.
 
-Streaming: `kth` per row is an exact radix select over `|x|` (`weaving.quantile`, one pass
-per 16 bits of the compute dtype), then one pass sums the column signs `sign(sum_t
-trimmed)` over the model for the majority sign, then each key is finalised.
+Streaming: `kth` per row is an exact order statistic of `|x|` (`weaving.quantile`: a
+radix select, one pass per 16 bits of the compute dtype, or a one-pass tail selection when
+`density` is small), then each key is finalised. The majority sign is only needed where a
+column's signs cancel exactly; the first key that has such a column triggers one more pass
+summing the column signs `sign(sum_t trimmed)` over the model.
 """
 
 from __future__ import annotations
 
 import torch
 
-from weaving.methods.base import ModelLayout, ModelWideMethod, MethodRun, unit_interval
-from weaving.quantile import RadixSelect
+from weaving.methods.base import MethodRun, ModelLayout, ModelWideMethod, PassNeeded, Workspace, unit_interval
+from weaving.quantile import order_statistics
 
 
 def ties_trim_rank(total: int, density: float) -> int | None:
@@ -31,12 +33,17 @@ def ties_trim_rank(total: int, density: float) -> int | None:
     return None if total - kept < 1 else total - kept - 1
 
 
-def ties_trim(taus: torch.Tensor, thresholds: torch.Tensor | None) -> torch.Tensor:
-    """Entries of `taus` `[T, *shape]` with `|x| >= thresholds[t]` (None: all), others 0."""
+def ties_trim(taus: torch.Tensor, thresholds: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Entries of `taus` `[T, *shape]` with `|x| >= thresholds[t]` (None: all), others 0.
+
+    Dropped negative entries become -0.0 (equal to 0 everywhere below). `out` (same shape
+    and dtype) avoids an allocation; with `thresholds` None `taus` itself is returned.
+    """
     if thresholds is None:
         return taus
     threshold = thresholds.view(-1, *([1] * (taus.ndim - 1)))
-    return torch.where(taus.abs() >= threshold, taus, torch.zeros((), dtype=taus.dtype))
+    trimmed = torch.abs(taus, out=out) if out is not None else taus.abs()
+    return trimmed.ge_(threshold).mul_(taus)
 
 
 def ties_column_sign_total(trimmed: torch.Tensor) -> int:
@@ -44,44 +51,70 @@ def ties_column_sign_total(trimmed: torch.Tensor) -> int:
     return int(torch.sign(trimmed.sum(0)).to(torch.int64).sum())
 
 
-def ties_elect_mean(trimmed: torch.Tensor, majority_sign: int) -> torch.Tensor:
+def ties_needs_majority(trimmed: torch.Tensor, elected: torch.Tensor) -> bool:
+    """Whether some column's signs cancel exactly (`s == 0` with a nonzero entry)."""
+    tied = (elected == 0).reshape(-1)
+    return bool(tied.any()) and bool(trimmed.reshape(trimmed.shape[0], -1)[:, tied].ne(0).any())
+
+
+def ties_disjoint_mean(trimmed: torch.Tensor, elected: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Per column, the mean of the entries of sign `elected` (zeros never count; none: 0).
+
+    `|x|` of the agreeing entries is `max(x * s, 0)`; their sum times `s` is their sum.
+    `scratch` (same shape and dtype as `trimmed`) avoids an allocation.
+    """
+    agreeing = torch.mul(trimmed, elected, out=scratch) if scratch is not None else trimmed * elected
+    agreeing.clamp_(min=0)
+    total = agreeing.sum(0).mul_(elected)
+    count = agreeing.sign_().sum(0)
+    return total.div_(count.clamp_(min=1))
+
+
+def ties_elect_mean(trimmed: torch.Tensor, majority_sign: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Elect the sign per column (0 -> `majority_sign`) and average the agreeing entries."""
     elected = torch.sign(trimmed.sum(0))
-    elected = torch.where(elected == 0, torch.full((), float(majority_sign), dtype=trimmed.dtype), elected)
-    agrees = (torch.sign(trimmed) == elected) & (trimmed != 0)
-    total = torch.where(agrees, trimmed, torch.zeros((), dtype=trimmed.dtype)).sum(0)
-    return total / agrees.sum(0).clamp(min=1).to(trimmed.dtype)
+    elected[elected == 0] = float(majority_sign)
+    return ties_disjoint_mean(trimmed, elected, scratch)
 
 
 class TiesRun(MethodRun):
-    """Statistics passes (radix select of `kth`, then the majority sign), then finalisation."""
+    """Statistics passes for `kth` (exact order statistics), then per-key finalisation.
+
+    The majority-sign pass runs only if some key has a column whose signs cancel exactly
+    (`PassNeeded`); elsewhere the majority sign changes nothing.
+    """
 
     def __init__(self, layout: ModelLayout, *, density: float) -> None:
         total = layout.total_numel
         rank = ties_trim_rank(total, density)
         self._rows = layout.num_tasks
-        self._select = None if rank is None or total == 0 else RadixSelect([[rank]] * self._rows, layout.compute_dtype)
+        self._select = None if rank is None or total == 0 else order_statistics([[rank]] * self._rows, layout.compute_dtype, total)
         self._thresholds: torch.Tensor | None = None
         self._sign_total = 0
         self._majority: int | None = None
+        self._majority_requested = False
+        self._workspace = Workspace()
 
     def _selecting(self) -> bool:
         return self._select is not None and not self._select.done
+
+    def _trim(self, taus: torch.Tensor) -> torch.Tensor:
+        return ties_trim(taus, self._thresholds, out=self._workspace.take("trimmed", taus.shape, taus.dtype))
 
     def next_pass(self) -> str | None:
         if self._selecting():
             assert self._select is not None
             return f"ties: trim threshold, pass {self._select.pass_index + 1}/{self._select.num_passes}"
-        if self._majority is None:
-            return "ties: majority sign"
         return None
 
     def observe(self, key: str, taus: torch.Tensor) -> None:
         if self._selecting():
             assert self._select is not None
-            self._select.observe(taus.abs().reshape(self._rows, -1))
+            self._select.observe(taus.reshape(self._rows, -1), magnitude=True)
+        elif self._majority_requested:
+            self._sign_total += ties_column_sign_total(self._trim(taus))
         else:
-            self._sign_total += ties_column_sign_total(ties_trim(taus, self._thresholds))
+            raise AssertionError("ties: no statistics pass in progress")
 
     def end_pass(self) -> None:
         if self._selecting():
@@ -89,12 +122,19 @@ class TiesRun(MethodRun):
             self._select.end_pass()
             if self._select.done:
                 self._thresholds = self._select.values()[:, 0]
-        else:
+        elif self._majority_requested:
             self._majority = (self._sign_total > 0) - (self._sign_total < 0)
+            self._majority_requested = False
 
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
-        assert self._majority is not None, "ties: finalize before the statistics passes"
-        return ties_elect_mean(ties_trim(taus, self._thresholds), self._majority)
+        assert not self._selecting(), "ties: finalize before the statistics passes"
+        trimmed = self._trim(taus)
+        elected = torch.sign(trimmed.sum(0))
+        if self._majority is None and ties_needs_majority(trimmed, elected):
+            self._majority_requested = True
+            raise PassNeeded("ties: majority sign")
+        elected[elected == 0] = float(self._majority or 0)
+        return ties_disjoint_mean(trimmed, elected, self._workspace.take("agreeing", taus.shape, taus.dtype))
 
 
 METHOD = ModelWideMethod(
