@@ -12,10 +12,13 @@ in a fresh subprocess that builds the task vectors, then times one call of
 after one warm-up call on a tiny input, and records its wall time (the fastest of
 ``--repeats`` calls: the machine may be shared) and peak memory: the process's peak resident
 set during the calls (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus
-its resident set just before. Prints markdown tables; writes ``benchmarks/results/bench_merge.json``.
+its resident set just before (workers run with ``MALLOC_MMAP_THRESHOLD_=1048576`` so that freed
+tensors leave the resident set). Prints markdown tables; writes ``benchmarks/results/bench_merge.json``.
 
     python benchmarks/bench_merge.py            # ViT-B-32, K = 10 and 25, every method
     python benchmarks/bench_merge.py --quick    # small model, for a quick check
+
+Workers use one torch thread unless ``--threads`` says otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_merge.json"
 MODES = ("merge", "weave", "materialize")
+# glibc otherwise raises its mmap threshold after big frees and keeps freed tensors in the
+# heap, so the resident set would not fall when memory is released: a fixed threshold makes
+# every tensor over 1 MiB its own mapping, returned on free, and RSS track live memory.
+MMAP_THRESHOLD = 1 << 20
 
 
 def model_shapes(quick: bool) -> dict[str, list[int]]:
@@ -63,15 +70,16 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
 
     from weaving import merge, task_vectors, weave
 
-    torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     shapes = json.loads(Path(args.shapes).read_text())
     generator = torch.Generator().manual_seed(args.seed)
-    pretrained = {k: torch.randn(s, generator=generator) * 0.02 for k, s in shapes.items()}
-    finetuned = [
-        {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in pretrained.items()}
-        for _ in range(args.tasks)
-    ]
-    taus = task_vectors(pretrained, finetuned)
+    taus: list[dict[str, torch.Tensor]] = [{} for _ in range(args.tasks)]
+    for key, shape in shapes.items():  # key by key, so that no whole model is ever freed
+        pretrained = {key: torch.randn(shape, generator=generator) * 0.02}
+        finetuned = [{key: pretrained[key] + 1e-3 * torch.randn(shape, generator=generator)}
+                     for _ in range(args.tasks)]
+        for tau, one_key in zip(taus, task_vectors(pretrained, finetuned)):
+            tau.update(one_key)
     del pretrained, finetuned
     gc.collect()
     lambdas = [round(0.1 * (i + 1), 10) for i in range(args.k)]
@@ -112,7 +120,9 @@ def measure(shapes_path: Path, method: str, mode: str, k: int, args: argparse.Na
     command = [sys.executable, __file__, "--worker", "--shapes", str(shapes_path), "--method", method,
                "--mode", mode, "--k", str(k), "--tasks", str(args.tasks), "--pooling", args.pooling,
                "--seed", str(args.seed), "--repeats", str(args.repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"method": method, "mode": mode, "k": k if mode != "merge" else None, "error": tail,
@@ -161,6 +171,9 @@ def main() -> None:
     parser.add_argument("--pooling", default="avg", help="pooling for weave (default avg)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per worker (default 1: on a shared machine, OpenMP threads "
+                             "that wait on each other make timings erratic)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed calls per measurement; the fastest is reported (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
@@ -197,7 +210,7 @@ def main() -> None:
     payload = {
         "model": "tiny ViT (4 layers, width 128)" if args.quick else "open_clip ViT-B-32 image encoder",
         "tasks": args.tasks, "ks": args.ks, "pooling": args.pooling,
-        "repeats": args.repeats,
+        "repeats": args.repeats, "threads": args.threads, "malloc_mmap_threshold": MMAP_THRESHOLD,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

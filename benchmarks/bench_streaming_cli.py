@@ -109,12 +109,12 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run_cli(command: list[str], log: Path) -> dict[str, object]:
+def run_cli(command: list[str], log: Path, threads: int) -> dict[str, object]:
     """Run one CLI command; wall time, exit status and the child's peak RSS (ru_maxrss)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     with open(log, "w") as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--commands", nargs="+", choices=["merge", "weave"], default=["merge", "weave"])
     parser.add_argument("--lambdas", default="0.1:1.0:0.1", help="weave search space (default 0.1:1.0:0.1)")
     parser.add_argument("--pooling", default="avg")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the CLI (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--reuse", action="store_true", help="use checkpoints already in --dir")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -191,7 +192,7 @@ def main() -> None:
                                      "--out", str(out)]
                 if command == "weave":
                     cli += ["--lambdas", args.lambdas, "--pooling", args.pooling]
-                result = run_cli(cli, args.dir / f"{command}-{method}.log")
+                result = run_cli(cli, args.dir / f"{command}-{method}.log", args.threads)
                 row = {"command": command, "method": method, "inputs_gib": inputs_bytes / 2**30,
                        "largest_tensor_mib": largest_mib, **result,
                        "output_gib": round(out.stat().st_size / 2**30, 2) if out.exists() else None}
@@ -212,7 +213,7 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, object]], input
     payload = {
         "inputs_gib": round(inputs_bytes / 2**30, 3), "tasks": args.tasks, "width": args.width,
         "dtype": args.dtype, "tensors_per_model": len(shapes), "shard_gib": args.shard_gib,
-        "lambdas": args.lambdas, "pooling": args.pooling,
+        "lambdas": args.lambdas, "pooling": args.pooling, "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
