@@ -127,7 +127,7 @@ def test_tail_select_prunes_to_a_bounded_candidate_set() -> None:
     select = TailSelect([[199_000]], torch.float32, 200_000)
     for lo in range(0, 200_000, 1000):
         select.observe(values[:, lo : lo + 1000])
-        assert select._tails[1][0].kept_numel <= 2 * max(1000, 1 << 16) + 1000
+        assert sum(v.numel() for v in select._tails[1][0].above) <= 2 * max(1000, 1 << 16) + 1000
     select.end_pass()
     assert select.values().item() == 199_000.0
 

@@ -292,10 +292,10 @@ class TailSelect:
                 f"got {tuple(chunk.shape)} of {chunk.dtype}"
             )
         self._count += chunk.shape[1]
-        for sign, tails in self._tails.items():
-            for row, tail in enumerate(tails):
-                values = chunk[row].abs() if magnitude else chunk[row]
-                tail.add(values if sign > 0 else -values)
+        for row in range(self.rows):
+            values = chunk[row].abs() if magnitude else chunk[row]
+            for sign, tails in self._tails.items():
+                tails[row].add(values, negate=sign < 0)
 
     def end_pass(self) -> None:
         if self._done:
@@ -348,38 +348,74 @@ def order_statistics(
 
 
 class _Tail:
-    """The values of one row that can still be among its `count` largest."""
+    """What one row needs to know about its `count` largest values.
+
+    A bound `b` (None until `count` values are seen), every value seen `> b` (`above`,
+    buffered in chunks) and how many equal `b` (`at_bound`), with `|above| + at_bound >=
+    count`; values below `b` cannot be among the `count` largest. Ties at the bound are
+    counted, not stored, so memory stays near `count` values even when many values tie.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.bound: torch.Tensor | None = None  # the count-th largest of the candidates
-        self.kept: list[torch.Tensor] = []
-        self.kept_numel = 0
+        self.bound: torch.Tensor | None = None
+        self.at_bound = 0
+        self.above: list[torch.Tensor] = []
         self.new_numel = 0
 
-    def add(self, values: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor, *, negate: bool = False) -> None:
+        """Add `values` (`-values` with `negate`: the bottom tail of the row)."""
         if self.bound is not None:
-            values = values[values >= self.bound]
+            values = values[values <= -self.bound] if negate else values[values >= self.bound]
+            if negate:
+                values = values.neg_()
+            at_bound = values == self.bound
+            self.at_bound += int(at_bound.sum())
+            values = values[~at_bound]
         else:
-            values = values.clone()
+            values = -values if negate else values.clone()
         if values.numel() == 0:
             return
-        self.kept.append(values)
-        self.kept_numel += values.numel()
+        self.above.append(values)
         self.new_numel += values.numel()
         if self.new_numel >= max(self.count, 1 << 16):
             self._prune()
 
+    def _merged(self) -> torch.Tensor:
+        merged = torch.cat(self.above) if len(self.above) > 1 else self.above[0]
+        self.above, self.new_numel = [merged], 0
+        return merged
+
     def _prune(self) -> None:
-        merged = torch.cat(self.kept) if len(self.kept) > 1 else self.kept[0]
-        if merged.numel() > self.count:
-            self.bound = torch.kthvalue(merged, merged.numel() - self.count + 1).values
-            merged = merged[merged >= self.bound]
-        self.kept, self.kept_numel, self.new_numel = [merged], merged.numel(), 0
+        merged = self._merged()
+        if merged.numel() < self.count:
+            return
+        bound = _kth_largest_lower_bound(merged, self.count)
+        if self.bound is not None and not bool(bound > self.bound):
+            bound = torch.kthvalue(merged, merged.numel() - self.count + 1).values  # > self.bound
+        self.at_bound = int((merged == bound).sum())
+        self.above = [merged[merged > bound]]
+        self.bound = bound
 
     def largest(self, k: int) -> torch.Tensor:
         """The k-th largest value of the row (k <= count)."""
-        if self.new_numel or len(self.kept) > 1:
-            self._prune()
-        merged = self.kept[0]
-        return torch.kthvalue(merged, merged.numel() - k + 1).values
+        merged = self._merged() if self.above else torch.empty(0)
+        if k <= merged.numel():
+            return torch.kthvalue(merged, merged.numel() - k + 1).values
+        assert self.bound is not None and merged.numel() + self.at_bound >= k
+        return self.bound
+
+
+def _kth_largest_lower_bound(values: torch.Tensor, k: int) -> torch.Tensor:
+    """A value `v <= ` the k-th largest of `values` with few values in `[v, kth]`: the lower
+    edge of the top-16-bit bin that holds the k-th largest (one histogram pass)."""
+    width = _WIDTH[_INT_VIEW[values.dtype]]
+    shift = width - DIGIT_BITS
+    top = order_keys(values)
+    if shift:
+        top.bitwise_right_shift_(shift)
+    counts = torch.bincount(top.view(-1).add_(_TOP_BIT), minlength=NUM_BINS)
+    from_top = counts.flip(0).cumsum(0)
+    bin_from_top = int(torch.searchsorted(from_top, torch.tensor([k]), right=False)[0])
+    signed_bin = NUM_BINS - 1 - bin_from_top - _TOP_BIT
+    return _keys_to_values(torch.tensor(signed_bin << shift, dtype=torch.int64), values.dtype)
