@@ -387,7 +387,9 @@ def stream_merge(
     shapes and dtypes before anything is read, then yields `(key, theta_pre + result)` for
     every key of `pretrained` in sorted order (non-float keys: pretrained's tensor). `seed`
     is the pooling seed and DARE's seed unless `method_seed` is given (ignored by methods
-    without a seed). NaN/inf raises `InputError` naming the source and key when reached.
+    without a seed); `materialize` (Algorithm 1 as written) only concerns weaving. NaN/inf
+    raises `InputError` naming the source and key when reached. Nothing is read until the
+    first item is requested.
     """
     request = _validate_request(
         method, lam=lam, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
