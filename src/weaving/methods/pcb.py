@@ -13,7 +13,8 @@ scaling to [0, 1].
 Choices where the spec is silent: `hi` is read as a Python index, so `D = 1` gives
 position 0; the `b` position is capped at `D - 1` (float rounding of `1 - ratio`); the
 min-max scaling of a constant row (max == min) is 0 everywhere (0/0 := 0); `D = 0` gives
-empty results. Since the clamped rows' minimum and maximum are exactly the clamp bounds,
+empty results. A 0-D tensor is one column, a tensor with a zero-size dimension none;
+`T = 1` needs no special case. Since the clamped rows' minimum and maximum are exactly the clamp bounds,
 `norm(a) = (a - a_lo) / (a_hi - a_lo)` and `w = (max(b, b_q) - b_q) / (max(b) - b_q)`.
 
 Streaming: exact order statistics (`weaving.quantile`) of `|X|` at `lo`, `hi`, then of `b`

@@ -11,6 +11,8 @@ Every task vector is one row over all its floating tensors (keys sorted): a `T x
 Choices where the spec is silent: `D - k < 1` (density 1) keeps everything; `k = 0` keeps
 the entries equal to the row maximum (rank `D - 1`), as `torch.kthvalue(D)` would; if the
 majority sign is itself 0 the columns with `s == 0` give 0; `D = 0` gives empty results.
+A 0-D tensor is one column, a tensor with a zero-size dimension none; `T = 1` needs no
+special case (one row: the trim of that task vector).
 
 Streaming: `kth` per row is an exact order statistic of `|x|` (`weaving.quantile`: a
 radix select, one pass per 16 bits of the compute dtype, or a one-pass tail selection when

@@ -5,7 +5,8 @@ For each 2-D tensor (`m x n`, `r = min(m, n)`): SVD `tau_t = U_t S_t V_t^T`, kee
 `S = [S_1[:k] ... S_T[:k]]`, `V = [V_1[:, :k] ... V_T[:, :k]]`, orthogonalise with the polar
 factor (`U = P Sigma Q^T` thin SVD, `U_perp = P Q^T`; same for `V`) and
 `M = U_perp diag(S) V_perp^T`. Every other tensor (0-D, 1-D, 3-D and more): the mean of the
-`tau_t`. A 2-D tensor with a zero-size dimension gives zeros. SVDs by `torch.linalg.svd`
+`tau_t`. A 2-D tensor with a zero-size dimension gives zeros. With `T = 1`, `k = r` and the
+polar factors of `U_1`, `V_1` are themselves (up to rounding): `M = tau_1`. SVDs by `torch.linalg.svd`
 (`full_matrices=False`) in the compute dtype.
 """
 
