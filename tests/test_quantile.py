@@ -30,7 +30,7 @@ def _values(seed: int, rows: int, length: int, dtype: torch.dtype, ties: bool) -
     ties=st.booleans(),
     data=st.data(),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_select_matches_sort(seed, rows, length, dtype, ties, data) -> None:
     values = _values(seed, rows, length, dtype, ties)
     per_row = data.draw(st.integers(1, 3))
