@@ -59,7 +59,7 @@ def test_default_search_spaces_are_the_papers(default: dict) -> None:
         (lambda p: p["method_params"]["ties"]["search_space"].update(mtl=[0.1, float("nan")]),
          ["method_params.ties.search_space.mtl"]),
         (lambda p: p["finetune"].update(lr=-1), ["finetune.lr", "greater than 0"]),
-        (lambda p: p["finetune"].update(epochs=3), ["finetune", "exactly one of 'steps' and 'epochs'"]),
+        (lambda p: p["finetune"].update(epochs=3), ["finetune", "exactly one of steps or epochs"]),
         (lambda p: p["suite"]["mtl"].append("imagenet"), ["imagenet", "datasets"]),
         (lambda p: p["model_specs"]["tiny-clip"].update(pretrained="laion"), ["model_specs.tiny-clip.pretrained",
                                                                           "pipeline", "openai"]),

@@ -4,37 +4,44 @@ Public merge API::
 
     from weaving import task_vectors, apply_task_vector, merge, weave, weave_from_merged
     from weaving import METHODS, POOLINGS, parse_search_space
+
+Names are imported on first use (PEP 562), so `weaving.datasets` and `weaving.config`
+load without torch.
 """
 
-from weaving.engine import (
-    DictSource,
-    StateDictSource,
-    apply_task_vector,
-    merge,
-    stream_merge,
-    task_vectors,
-    weave,
-    weave_from_merged,
-)
-from weaving.errors import InputError, ParamError, WeavingError
-from weaving.methods import METHODS
-from weaving.poolings import POOL_OVER, POOLINGS
-from weaving.search_space import parse_search_space
+from __future__ import annotations
 
-__all__ = [
-    "METHODS",
-    "POOLINGS",
-    "POOL_OVER",
-    "DictSource",
-    "InputError",
-    "ParamError",
-    "StateDictSource",
-    "WeavingError",
-    "apply_task_vector",
-    "merge",
-    "parse_search_space",
-    "stream_merge",
-    "task_vectors",
-    "weave",
-    "weave_from_merged",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DictSource": "weaving.engine",
+    "StateDictSource": "weaving.engine",
+    "apply_task_vector": "weaving.engine",
+    "merge": "weaving.engine",
+    "stream_merge": "weaving.engine",
+    "task_vectors": "weaving.engine",
+    "weave": "weaving.engine",
+    "weave_from_merged": "weaving.engine",
+    "InputError": "weaving.errors",
+    "ParamError": "weaving.errors",
+    "WeavingError": "weaving.errors",
+    "METHODS": "weaving.methods",
+    "POOL_OVER": "weaving.poolings",
+    "POOLINGS": "weaving.poolings",
+    "parse_search_space": "weaving.search_space",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'weaving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

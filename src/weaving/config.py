@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
+
 SETUPS = ("mtl", "cl", "dg")
 """Multi-task learning, continual learning, domain generalisation (leave-one-out)."""
 
@@ -71,28 +73,7 @@ class Suite(_Strict):
         return names
 
 
-class TrainRecipe(_Strict):
-    """AdamW with a linear warm-up then cosine decay; ``steps`` or ``epochs`` (one of them)."""
-
-    steps: int | None = Field(default=None, ge=1)
-    epochs: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    grad_clip: float | None = Field(default=None, gt=0)
-    amp: Literal["bf16", "fp16"] | None = None
-    num_workers: int = Field(default=0, ge=0)
-    checkpoint_every: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> "TrainRecipe":
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of 'steps' and 'epochs'")
-        return self
-
-
-class FinetuneParams(TrainRecipe):
+class FinetuneParams(FinetuneRecipe):
     """A fine-tuning recipe, with optional per-dataset overrides of any recipe field."""
 
     per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -104,7 +85,7 @@ class FinetuneParams(TrainRecipe):
         if "steps" in override or "epochs" in override:
             fields["steps"] = fields["epochs"] = None
         fields.update(override)
-        TrainRecipe(**fields)
+        FinetuneRecipe(**fields)
         return fields
 
     @model_validator(mode="after")
@@ -162,7 +143,7 @@ class Params(_Strict):
     data: DataParams
     suite: Suite
     cl_benchmarks: dict[str, ContinualBenchmark]
-    pretrain: TrainRecipe | None = Field(description="needed when a model has pretrained: pipeline")
+    pretrain: PretrainRecipe | None = Field(description="needed when a model has pretrained: pipeline")
     finetune: FinetuneParams
     sequential: FinetuneParams
     eval: EvalParams

@@ -1,0 +1,45 @@
+"""The CLIP side: open_clip models (embedded tiny CLIP and paper models), contrastive
+pretraining, zero-shot heads, image-encoder fine-tuning and evaluation.
+
+Names are imported on first use (PEP 562): `weaving.clip.recipes` loads without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainingInterrupted": "weaving.clip._train",
+    "evaluate": "weaving.clip.evaluate",
+    "predict": "weaving.clip.evaluate",
+    "finetune": "weaving.clip.finetune",
+    "zeroshot_head": "weaving.clip.heads",
+    "EMBEDDED_MODELS": "weaving.clip.models",
+    "create_model": "weaving.clip.models",
+    "image_size_of": "weaving.clip.models",
+    "load_pretrained": "weaving.clip.models",
+    "load_visual": "weaving.clip.models",
+    "mean_std_of": "weaving.clip.models",
+    "save_pretrained": "weaving.clip.models",
+    "cache_eval_tensors": "weaving.clip.preprocess",
+    "split_to_tensor": "weaving.clip.preprocess",
+    "uint8_to_tensor": "weaving.clip.preprocess",
+    "pretrain": "weaving.clip.pretrain",
+    "FinetuneRecipe": "weaving.clip.recipes",
+    "PretrainRecipe": "weaving.clip.recipes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'weaving.clip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
