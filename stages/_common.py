@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # the stages run from a checkout even without `pip install -e`
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Passive OpenMP waiting: with the default spin-wait, 2 threads slow down manyfold as soon as another
+# process takes a core (benchmarks/calibrate_tiny_clip.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from weaving.config import Params, ParamsError, load_params  # noqa: E402
 from weaving.errors import WeavingError  # noqa: E402
@@ -82,3 +85,11 @@ def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[
 def is_main_process() -> bool:
     """False in the extra workers that `torchrun` starts (only rank 0 writes outputs)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_weights(path: str | Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a stage's safetensors output atomically, creating its folder (DVC removed it before the run)."""
+    from weaving.io import save_state_dict
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(path, state_dict, metadata=metadata)

@@ -1,6 +1,6 @@
 """Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
 
-from _common import is_main_process, stage, stage_params
+from _common import is_main_process, save_weights, stage, stage_params
 
 params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
 
@@ -13,7 +13,7 @@ with stage(f"finetune@{model_name}-{task}"):
     from weaving.atomic import write_json
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import load_prepared
-    from weaving.io import load_state_dict, save_state_dict
+    from weaving.io import load_state_dict
 
     recipe_fields = params.finetune.recipe_for(task)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
@@ -26,7 +26,7 @@ with stage(f"finetune@{model_name}-{task}"):
     seconds = time.perf_counter() - started
     if not is_main_process():
         raise SystemExit(0)
-    save_state_dict(f"models/{model_name}/finetuned/{task}.safetensors", visual,
+    save_weights(f"models/{model_name}/finetuned/{task}.safetensors", visual,
                     metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
     cache = torch.load(f"data/cache/{model_name}/{task}_test.pt", weights_only=True)
     accuracy = evaluate(model, visual, head, cache, batch_size=params.eval.batch_size)

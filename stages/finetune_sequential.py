@@ -4,7 +4,7 @@ Split i starts from split i-1's image encoder and trains with a head over split 
 classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
 """
 
-from _common import is_main_process, stage, stage_params
+from _common import is_main_process, save_weights, stage, stage_params
 
 params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
 benchmark = params.cl_benchmarks[name]
@@ -20,7 +20,7 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
     from weaving.atomic import write_json
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import class_splits, load_prepared
-    from weaving.io import load_state_dict, save_state_dict
+    from weaving.io import load_state_dict
 
     recipe_fields = params.sequential.recipe_for(benchmark.dataset)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
@@ -43,8 +43,8 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
             previous = visual
             if not is_main_process():
                 continue
-            save_state_dict(staging / f"split_{i}.safetensors", visual,
-                            metadata={"benchmark": name, "split": str(i), "classes": json.dumps(classes)})
+            save_weights(staging / f"split_{i}.safetensors", visual,
+                         metadata={"benchmark": name, "split": str(i), "classes": json.dumps(classes)})
             history.append({
                 "split": i, "classes": classes,
                 "accuracy_split": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size,

@@ -1,6 +1,6 @@
 """Stage `heads@<model>`: frozen zero-shot heads from the text tower, cached test tensors, zero-shot accuracy."""
 
-from _common import stage, stage_params
+from _common import save_weights, stage, stage_params
 
 params, (model_name,) = stage_params({"model": lambda p: p.models})
 
@@ -13,7 +13,6 @@ with stage(f"heads@{model_name}"):
     from weaving.atomic import atomic_path, write_json
     from weaving.clip import cache_eval_tensors, evaluate, load_pretrained, zeroshot_head
     from weaving.datasets import load_prepared
-    from weaving.io import save_state_dict
 
     model = load_pretrained(f"models/{model_name}/pretrained")
     pretrained_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
@@ -21,7 +20,7 @@ with stage(f"heads@{model_name}"):
     for name in tqdm(params.datasets, desc="zero-shot heads", unit="dataset"):
         dataset = load_prepared(f"data/prepared/{name}")
         head = zeroshot_head(model, dataset.classnames, dataset.templates)
-        save_state_dict(f"models/{model_name}/heads/{name}.safetensors", {"weight": head.contiguous()},
+        save_weights(f"models/{model_name}/heads/{name}.safetensors", {"weight": head.contiguous()},
                         metadata={"dataset": name, "classnames": json.dumps(dataset.classnames)})
         cache = cache_eval_tensors(model, dataset.split("test"))
         with atomic_path(f"data/cache/{model_name}/{name}_test.pt") as tmp:

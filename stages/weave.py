@@ -6,7 +6,7 @@ every pooling and pool_over. In multi-task learning the woven model chosen by
 `weave.artifact` is kept as a DVC artifact.
 """
 
-from _common import pipeline_task_vectors, stage, stage_params
+from _common import pipeline_task_vectors, save_weights, stage, stage_params
 from weaving.config import SETUPS
 
 params, (model_name, setup, method) = stage_params(
@@ -20,7 +20,7 @@ with stage(f"weave_{setup}@{model_name}-{method}"):
     from weaving.clip import evaluate, load_pretrained
     from weaving.experiment import (continual_scenarios, evaluate_method, leave_one_out_scenarios,
                                     mean_accuracy, multitask_scenarios)
-    from weaving.io import load_state_dict, save_state_dict
+    from weaving.io import load_state_dict
 
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
@@ -46,7 +46,7 @@ with stage(f"weave_{setup}@{model_name}-{method}"):
     def keep_artifact(scenario, pooling, pool_over, woven):
         choice = params.weave.artifact
         if setup == "mtl" and (pooling, pool_over) == (choice.pooling, choice.pool_over):
-            save_state_dict(f"models/woven/{method}/{model_name}.safetensors", apply_task_vector(pretrained, woven),
+            save_weights(f"models/woven/{method}/{model_name}.safetensors", apply_task_vector(pretrained, woven),
                             metadata={"method": method, "hparams": str(dict(spec.hparams)), "pooling": pooling,
                                       "pool_over": pool_over, "lambdas": str(lambdas), "seed": str(params.weave.seed),
                                       "tasks": ",".join(params.suite.mtl)})
