@@ -1,0 +1,96 @@
+"""The paper profile, as far as it can be checked offline on a CPU: its DVC graph and its fine-tune loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from weaving.clip import FinetuneRecipe, TrainingInterrupted, create_model, finetune  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+
+
+def expected_stages(params: dict) -> set[str]:
+    """Every stage the paper needs, written out independently of dvc.yaml's templates."""
+    models, methods = params["models"], params["methods"]
+    stages = {f"data@{d}" for d in params["datasets"]} | {"report"}
+    for m in models:
+        stages |= {f"pretrain@{m}", f"heads@{m}", f"taskvectors@{m}"}
+        stages |= {f"finetune@{m}-{t}" for t in params["suite"]["mtl"]}
+        stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
+        stages |= {f"weave_{setup}@{m}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
+    return stages
+
+
+def test_paper_profile_has_the_papers_models_suites_and_recipe() -> None:
+    assert PAPER["models"] == ["ViT-B-32", "ViT-B-16", "ViT-L-14"]
+    assert all(spec["pretrained"] == "openai" for spec in PAPER["model_specs"].values())
+    assert sorted(PAPER["suite"]["mtl"]) == sorted(["sun397", "cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"])
+    splits = {name: (b["dataset"], b["splits"]) for name, b in PAPER["cl_benchmarks"].items()}
+    assert sorted(splits.values()) == sorted(
+        [("cifar100", n) for n in (5, 10, 20, 50)] + [("imagenet_r", n) for n in (5, 10, 20, 50)]
+        + [("cub200", n) for n in (5, 10, 20)] + [("cars", n) for n in (5, 10, 20)])
+    ft = PAPER["finetune"]
+    assert (ft["lr"], ft["weight_decay"], ft["batch_size"], ft["warmup_steps"]) == (1e-5, 0.1, 128, 500)
+    epochs = {task: o["epochs"] for task, o in ft["per_task"].items()}
+    assert epochs == {"cars": 35, "dtd": 76, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15,
+                      "sun397": 14, "svhn": 4}
+    seq = PAPER["sequential"]
+    assert seq["epochs"] == 10 and {t: o["epochs"] for t, o in seq["per_task"].items()} == {"cub200": 30, "cars": 30}
+
+
+def test_dvc_lists_every_paper_stage_for_three_models_and_three_setups(tmp_path: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("tests/", "benchmarks/")) and name != "dvc.lock":
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tmp_path / name)
+    shutil.copy2(ROOT / "profiles" / "paper.yaml", tmp_path / "params.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = set(json.loads(result.stdout))
+    expected = expected_stages(PAPER)
+    assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
+    assert len([s for s in listed if s.startswith("weave_")]) == 3 * 3 * len(PAPER["methods"])
+
+
+@pytest.mark.slow
+def test_vit_b_32_finetune_runs_on_cpu_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    """The paper's smallest architecture at random weights: a few real steps, a kill, a resume."""
+    model = create_model("ViT-B-32", pretrained=None, seed=0)
+    rng = np.random.default_rng(0)
+
+    class Split:
+        images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+        labels = np.array([0, 1, 2, 0, 1, 2])
+
+        def __len__(self):
+            return len(self.labels)
+
+        def uint8_images(self):
+            return self.images
+
+    head = torch.nn.functional.normalize(torch.randn(3, model.text_projection.shape[1], generator=torch.Generator().manual_seed(0)), dim=-1)
+    recipe = FinetuneRecipe(steps=3, batch_size=2, lr=1e-5, weight_decay=0.1, warmup_steps=1, checkpoint_every=1)
+    uninterrupted = finetune(model, head, Split(), recipe, seed=0, progress=False)
+    with pytest.raises(TrainingInterrupted):
+        finetune(model, head, Split(), recipe, seed=0, checkpoint_dir=tmp_path, progress=False, max_steps_this_run=2)
+    resumed = finetune(model, head, Split(), recipe, seed=0, checkpoint_dir=tmp_path, progress=False)
+    pretrained = model.visual.state_dict()
+    assert any(not torch.equal(resumed[k], pretrained[k]) for k in resumed)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
