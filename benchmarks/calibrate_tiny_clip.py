@@ -1,0 +1,232 @@
+"""Calibrate the embedded tiny CLIP: times and accuracies of the whole CLIP side on the embedded suite.
+
+Measures, with torch threads fixed (default 2):
+- pretraining time (all six `pretrain` pools) and its final loss;
+- per task: zero-shot accuracy, fine-tuning time, fine-tuned accuracy, time to build the
+  eval cache and to evaluate one model on the cached test set (median of repeats);
+- task arithmetic merges inline (pre + lam * sum_t (ft_t - pre)) at several lam, and the
+  plain average of the fine-tuned encoders (lam = 1/T), evaluated on every task;
+- mean pairwise cosine similarity of the task vectors;
+- class-incremental sequential fine-tuning (mnist/fashion_mnist, 2 and 5 splits): time per
+  split and final accuracy on the whole test set with the head over all classes.
+Wall time and process CPU time are both recorded with the load average, because the machine
+may be shared.
+
+    .venv/bin/python benchmarks/calibrate_tiny_clip.py --out benchmarks/results/calibrate_tiny_clip.json
+    .venv/bin/python benchmarks/calibrate_tiny_clip.py --pretrain steps=400 --finetune lr=1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# With OpenMP's default (active) waiting, 2 threads slow down ~30x as soon as another process
+# takes a core (measured: 3.5 s instead of 0.11 s a fine-tuning step); passive waiting does not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from weaving.clip import (  # noqa: E402
+    FinetuneRecipe,
+    PretrainRecipe,
+    cache_eval_tensors,
+    create_model,
+    evaluate,
+    finetune,
+    load_pretrained,
+    pretrain,
+    save_pretrained,
+    zeroshot_head,
+)
+from weaving.clip.recipes import TINY_FINETUNE, TINY_PRETRAIN, TINY_SEQUENTIAL  # noqa: E402
+from weaving.datasets import class_splits, load_prepared, prepare  # noqa: E402
+
+SUITE = ["mnist", "fashion_mnist", "optdigits", "ising", "cahn_hilliard", "textures"]
+CL_BENCHMARKS = {"mnist-s2": ("mnist", 2), "mnist-s5": ("mnist", 5),
+                 "fashion_mnist-s2": ("fashion_mnist", 2), "fashion_mnist-s5": ("fashion_mnist", 5)}
+LIMITS = {"pretrain": 3000, "train": 2000, "val": 0, "test": 500}
+LAMBDAS = [0.3, 0.5, 0.7, 1.0]
+
+
+class Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def as_dict(self) -> dict:
+        return {"wall_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3)}
+
+
+def parse_overrides(pairs: list[str], base: dict, recipe_cls):
+    """`key=value` pairs (JSON values) over `base`, validated by the recipe class."""
+    fields = dict(base)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"override {pair!r} is not key=value")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return recipe_cls(**fields)
+
+
+def merged_visual(pre: dict, finetuned: list[dict], lam: float) -> dict:
+    return {k: pre[k] + lam * sum(ft[k] - pre[k] for ft in finetuned) if pre[k].is_floating_point() else pre[k]
+            for k in pre}
+
+
+def mean_pairwise_cosine(pre: dict, finetuned: list[dict]) -> float:
+    vectors = [torch.cat([(ft[k] - pre[k]).flatten().double() for k in pre if pre[k].is_floating_point()])
+               for ft in finetuned]
+    sims = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+            for i, a in enumerate(vectors) for b in vectors[i + 1:]]
+    return statistics.mean(sims) if sims else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/weaving-calibrate", help="prepared data and pretrained-model cache")
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--model", default="weaving-tiny-clip")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", nargs="+", default=SUITE)
+    ap.add_argument("--pretrain", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--finetune", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--sequential", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-sequential", action="store_true")
+    ap.add_argument("--reuse-pretrained", action="store_true",
+                    help="reuse a pretrained model of the same recipe from --work (time not re-measured)")
+    ap.add_argument("--eval-repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    pre_recipe = parse_overrides(args.pretrain, TINY_PRETRAIN.model_dump(), PretrainRecipe)
+    ft_recipe = parse_overrides(args.finetune, TINY_FINETUNE.model_dump(), FinetuneRecipe)
+    seq_recipe = parse_overrides(args.sequential, TINY_SEQUENTIAL.model_dump(), FinetuneRecipe)
+    work = Path(args.work)
+    results: dict = {
+        "model": args.model, "threads": args.threads, "seed": args.seed, "limits": LIMITS,
+        "recipes": {"pretrain": pre_recipe.model_dump(), "finetune": ft_recipe.model_dump(),
+                    "sequential": seq_recipe.model_dump()},
+        "loadavg_start": os.getloadavg(), "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+    datasets = {}
+    for name in SUITE:
+        folder = work / "prepared" / name
+        if not (folder / "meta.json").is_file():
+            prepare(name, out_dir=folder, raw_dir=work / "raw", seed=args.seed, limits=LIMITS, progress=False)
+        datasets[name] = load_prepared(folder)
+
+    pre_key = json.dumps({"model": args.model, "seed": args.seed, **pre_recipe.model_dump()}, sort_keys=True)
+    pre_dir = work / "pretrained" / hashlib.sha256(pre_key.encode()).hexdigest()[:16]
+    if args.reuse_pretrained and (pre_dir / "key.json").is_file() and (pre_dir / "key.json").read_text() == pre_key:
+        model = load_pretrained(pre_dir)
+        results["pretrain"] = {"reused": str(pre_dir)}
+    else:
+        model = create_model(args.model, seed=args.seed)
+        with Timer() as t:
+            log = pretrain(model, [datasets[n] for n in SUITE], pre_recipe, seed=args.seed, progress=True)
+        results["pretrain"] = {**t.as_dict(), "steps": log["steps"], "images": log["images"],
+                               "final_loss": statistics.mean(log["losses"][-20:]),
+                               "logit_scale": float(model.logit_scale.detach().exp())}
+        save_pretrained(model, args.model, pre_dir)
+        (pre_dir / "key.json").write_text(pre_key)
+        print(f"pretrain: {results['pretrain']}", file=sys.stderr)
+    pre_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
+
+    tasks, heads, caches, finetuned = {}, {}, {}, {}
+    for name in args.tasks:
+        ds = datasets[name]
+        heads[name] = zeroshot_head(model, ds.classnames, ds.templates)
+        with Timer() as t_cache:
+            caches[name] = cache_eval_tensors(model, ds.split("test"))
+        evaluate(model, pre_visual, heads[name], caches[name])  # warm-up
+        eval_times = []
+        for _ in range(args.eval_repeats):
+            with Timer() as t_eval:
+                zeroshot = evaluate(model, pre_visual, heads[name], caches[name])
+            eval_times.append(t_eval.wall)
+        with Timer() as t_ft:
+            finetuned[name] = finetune(model, heads[name], ds.split("train"), ft_recipe, seed=args.seed,
+                                       progress=False)
+        tasks[name] = {"zeroshot": zeroshot, "finetuned": evaluate(model, finetuned[name], heads[name], caches[name]),
+                       "finetune_time": t_ft.as_dict(), "cache_time": t_cache.as_dict(),
+                       "eval_time_median_s": statistics.median(eval_times), "test_images": len(caches[name]["labels"])}
+        print(f"{name}: {tasks[name]}", file=sys.stderr)
+    results["tasks"] = tasks
+
+    finetuned_list = [finetuned[n] for n in args.tasks]
+    merges = {}
+    for label, lam in [(f"task_arithmetic_{lam}", lam) for lam in LAMBDAS] + [("average", 1 / len(args.tasks))]:
+        visual = merged_visual(pre_visual, finetuned_list, lam)
+        merges[label] = {n: evaluate(model, visual, heads[n], caches[n]) for n in args.tasks}
+    results["merges"] = merges
+    results["task_vector_mean_cosine"] = mean_pairwise_cosine(pre_visual, finetuned_list)
+
+    if not args.no_sequential:
+        sequential = {}
+        for bench, (name, n_splits) in CL_BENCHMARKS.items():
+            ds = datasets[name]
+            head = zeroshot_head(model, ds.classnames, ds.templates)
+            cache = caches.get(name) or cache_eval_tensors(model, ds.split("test"))
+            visual, times, vectors = pre_visual, [], []
+            for i, classes in enumerate(class_splits(ds.num_classes, n_splits, seed=args.seed)):
+                with Timer() as t:
+                    visual = finetune(model, head, ds.split("train"), seq_recipe, seed=args.seed,
+                                      class_subset=classes, init_visual=visual, progress=False)
+                times.append(t.as_dict())
+                vectors.append(visual)
+            sequential[bench] = {"zeroshot": evaluate(model, pre_visual, head, cache),
+                                 "sequential_final": evaluate(model, visual, head, cache),
+                                 "split_times": times}
+            print(f"{bench}: {sequential[bench]}", file=sys.stderr)
+        results["sequential"] = sequential
+    results["loadavg_end"] = os.getloadavg()
+
+    print(summary(results, args.tasks))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def summary(results: dict, tasks: list[str]) -> str:
+    lines = [f"pretrain: {results['pretrain']}", "",
+             "| task | zero-shot | fine-tuned | " + " | ".join(results["merges"]) + " | ft wall s | ft cpu s | eval s |",
+             "|" + " --- |" * (6 + len(results["merges"]))]
+    rows = {n: results["tasks"][n] for n in tasks}
+    for n, r in rows.items():
+        merged = " | ".join(f"{results['merges'][m][n]:.1f}" for m in results["merges"])
+        lines.append(f"| {n} | {r['zeroshot']:.1f} | {r['finetuned']:.1f} | {merged} | "
+                     f"{r['finetune_time']['wall_s']:.1f} | {r['finetune_time']['cpu_s']:.1f} | "
+                     f"{r['eval_time_median_s']:.3f} |")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    merged_mean = " | ".join(f"{mean([results['merges'][m][n] for n in tasks]):.1f}" for m in results["merges"])
+    lines.append(f"| **mean** | {mean([r['zeroshot'] for r in rows.values()]):.1f} | "
+                 f"{mean([r['finetuned'] for r in rows.values()]):.1f} | {merged_mean} | | | |")
+    lines.append(f"\ntask-vector mean pairwise cosine: {results['task_vector_mean_cosine']:.3f}")
+    for bench, r in results.get("sequential", {}).items():
+        walls = [t["wall_s"] for t in r["split_times"]]
+        lines.append(f"{bench}: zero-shot {r['zeroshot']:.1f}, sequential final {r['sequential_final']:.1f}, "
+                     f"split wall s {walls}")
+    lines.append(f"load average start {results['loadavg_start']}, end {results['loadavg_end']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
