@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -13,23 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from clip_fixtures import ArraySplit  # noqa: E402
 from weaving.clip import cache_eval_tensors, create_model, evaluate, mean_std_of, zeroshot_head  # noqa: E402
 from weaving.clip.preprocess import split_to_tensor, uint8_to_tensor  # noqa: E402
-
-
-@dataclass
-class ArraySplit:
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self):
-        return len(self.labels)
-
-    def uint8_images(self):
-        return self.images
-
-    def pil(self, i):
-        return Image.fromarray(self.images[i].squeeze(-1) if self.images.shape[-1] == 1 else self.images[i]).convert("RGB")
 
 
 @pytest.fixture(scope="module")

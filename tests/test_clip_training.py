@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from clip_fixtures import ArraySplit  # noqa: E402
 from weaving.clip import (  # noqa: E402
     FinetuneRecipe,
     PretrainRecipe,
@@ -23,18 +24,6 @@ from weaving.clip import (  # noqa: E402
 )
 from weaving.clip.preprocess import model_uint8_to_tensor  # noqa: E402
 from weaving.clip.recipes import TINY_FINETUNE, TINY_PRETRAIN, TINY_SEQUENTIAL  # noqa: E402
-
-
-@dataclass
-class ArraySplit:
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self):
-        return len(self.labels)
-
-    def uint8_images(self):
-        return self.images
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from clip_fixtures import ArraySplit  # noqa: E402
 from weaving.clip import FinetuneRecipe, TrainingInterrupted, create_model, finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,23 +75,14 @@ def test_vit_b_32_finetune_runs_on_cpu_and_resumes_after_a_kill(tmp_path: Path) 
     """The paper's smallest architecture at random weights: a few real steps, a kill, a resume."""
     model = create_model("ViT-B-32", pretrained=None, seed=0)
     rng = np.random.default_rng(0)
-
-    class Split:
-        images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-        labels = np.array([0, 1, 2, 0, 1, 2])
-
-        def __len__(self):
-            return len(self.labels)
-
-        def uint8_images(self):
-            return self.images
+    split = ArraySplit(rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2]))
 
     head = torch.nn.functional.normalize(torch.randn(3, model.text_projection.shape[1], generator=torch.Generator().manual_seed(0)), dim=-1)
     recipe = FinetuneRecipe(steps=3, batch_size=2, lr=1e-5, weight_decay=0.1, warmup_steps=1, checkpoint_every=1)
-    uninterrupted = finetune(model, head, Split(), recipe, seed=0, progress=False)
+    uninterrupted = finetune(model, head, split, recipe, seed=0, progress=False)
     with pytest.raises(TrainingInterrupted):
-        finetune(model, head, Split(), recipe, seed=0, checkpoint_dir=tmp_path, progress=False, max_steps_this_run=2)
-    resumed = finetune(model, head, Split(), recipe, seed=0, checkpoint_dir=tmp_path, progress=False)
+        finetune(model, head, split, recipe, seed=0, checkpoint_dir=tmp_path, progress=False, max_steps_this_run=2)
+    resumed = finetune(model, head, split, recipe, seed=0, checkpoint_dir=tmp_path, progress=False)
     pretrained = model.visual.state_dict()
     assert any(not torch.equal(resumed[k], pretrained[k]) for k in resumed)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)

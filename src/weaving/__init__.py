@@ -11,8 +11,7 @@ load without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from weaving._lazy import lazy_exports
 
 _EXPORTS = {
     "DictSource": "weaving.engine",
@@ -34,14 +33,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'weaving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports('weaving', _EXPORTS, globals())

@@ -6,8 +6,7 @@ Names are imported on first use (PEP 562): `weaving.clip.recipes` loads without 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from weaving._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainingInterrupted": "weaving.clip._train",
@@ -32,14 +31,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'weaving.clip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports('weaving.clip', _EXPORTS, globals())
