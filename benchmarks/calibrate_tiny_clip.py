@@ -46,7 +46,7 @@ from weaving.clip import (  # noqa: E402
     save_pretrained,
     zeroshot_head,
 )
-from weaving.clip.recipes import TINY_FINETUNE, TINY_PRETRAIN, TINY_SEQUENTIAL  # noqa: E402
+from weaving.config import load_params  # noqa: E402
 from weaving.datasets import class_splits, load_prepared, prepare  # noqa: E402
 
 SUITE = ["mnist", "fashion_mnist", "optdigits", "ising", "cahn_hilliard", "textures"]
@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=SUITE)
+    ap.add_argument("--params", default="params.yaml", help="the recipes to start from (overridden by the KEY=VALUE options)")
     ap.add_argument("--pretrain", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--finetune", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--sequential", nargs="*", default=[], metavar="KEY=VALUE")
@@ -114,9 +115,10 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    pre_recipe = parse_overrides(args.pretrain, TINY_PRETRAIN.model_dump(), PretrainRecipe)
-    ft_recipe = parse_overrides(args.finetune, TINY_FINETUNE.model_dump(), FinetuneRecipe)
-    seq_recipe = parse_overrides(args.sequential, TINY_SEQUENTIAL.model_dump(), FinetuneRecipe)
+    embedded = load_params(args.params)
+    pre_recipe = parse_overrides(args.pretrain, embedded.pretrain.model_dump(), PretrainRecipe)
+    ft_recipe = parse_overrides(args.finetune, embedded.finetune.model_dump(exclude={"per_task"}), FinetuneRecipe)
+    seq_recipe = parse_overrides(args.sequential, embedded.sequential.model_dump(exclude={"per_task"}), FinetuneRecipe)
     work = Path(args.work)
     results: dict = {
         "model": args.model, "threads": args.threads, "seed": args.seed, "limits": LIMITS,

@@ -3,8 +3,8 @@
 Both recipes: AdamW (weight decay on every parameter), linear warm-up from 0 over
 `warmup_steps` then cosine decay to 0 at the last step, optional global-norm gradient
 clipping, mixed precision (`amp`) only on CUDA. The length is either `steps` or `epochs`
-(one pass = ceil(N / batch_size) steps). Defaults are the calibrated tiny-CLIP values
-(benchmarks/CLIP.md); the paper profile overrides them (lr 1e-5, wd 0.1, batch 128, warm-up 500).
+(one pass = ceil(N / batch_size) steps). The embedded profile's calibrated values live in params.yaml (README, Results);
+the paper profile's in profiles/paper.yaml.
 """
 
 from __future__ import annotations
@@ -64,8 +64,3 @@ class PretrainRecipe(_Recipe):
     augment: Literal["none", "shift"] = "none"
     max_logit_scale: float = Field(default=100.0, gt=0)
 
-
-# Calibrated defaults of the embedded profile (benchmarks/CLIP.md, benchmarks/calibrate_tiny_clip.py).
-TINY_PRETRAIN = PretrainRecipe(steps=450, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=50)
-TINY_FINETUNE = FinetuneRecipe(steps=150, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=15)
-TINY_SEQUENTIAL = FinetuneRecipe(steps=60, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=6)
