@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PAPER = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
 
 
+# The committed run of the embedded profile (its lock and outputs) stays out of the fresh repository.
+RUN_OUTPUTS = ("tests/", "benchmarks/", "dvc.lock", "data/", "models/", "metrics/", "reports/")
+
+
 def expected_stages(params: dict) -> set[str]:
     """Every stage the paper needs, written out independently of dvc.yaml's templates."""
     models, methods = params["models"], params["methods"]
@@ -56,7 +60,7 @@ def test_dvc_lists_every_paper_stage_for_three_models_and_three_setups(tmp_path:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("tests/", "benchmarks/")) and name != "dvc.lock":
+        if (ROOT / name).is_file() and not name.startswith(RUN_OUTPUTS):
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, tmp_path / name)
     shutil.copy2(ROOT / "profiles" / "paper.yaml", tmp_path / "params.yaml")

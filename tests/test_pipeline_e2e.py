@@ -23,6 +23,10 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+# The committed run of the embedded profile (its lock and outputs) stays out of the fresh repository.
+RUN_OUTPUTS = ("tests/", "benchmarks/", "dvc.lock", "data/", "models/", "metrics/", "reports/")
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(cwd / "src")}
@@ -40,7 +44,7 @@ def repo(tmp_path_factory) -> Path:
                              capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
         source = ROOT / name
-        if source.is_file() and not name.startswith(("tests/", "benchmarks/")):
+        if source.is_file() and not name.startswith(RUN_OUTPUTS):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     shutil.copy2(ROOT / "profiles" / "smoke.yaml", repo / "params.yaml")
