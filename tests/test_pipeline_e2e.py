@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +90,24 @@ def test_baseline_is_the_sweep_at_lambda_one(repo: Path) -> None:
         assert metrics["baseline"][task] == metrics["sweep"][task][i]
 
 
+def test_cli_weave_on_the_pipelines_checkpoints_equals_its_artifact(repo: Path, tmp_path: Path) -> None:
+    """The streaming CLI and the pipeline's in-memory weave give the same TIES model."""
+    from safetensors.torch import load_file
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    space = params["method_params"]["ties"]["search_space"]["mtl"]
+    out = tmp_path / "ties.safetensors"
+    run([str(BIN / "weaving"), "weave", "--pretrained", "models/tiny-clip/pretrained/visual.safetensors",
+         "--finetuned", *[f"models/tiny-clip/finetuned/{t}.safetensors" for t in params["suite"]["mtl"]],
+         "--method", "ties", "--set", f"density={params['method_params']['ties']['hparams']['density']}",
+         "--lambdas", ":".join(str(x) for x in space), "--pooling", "avg", "--pool-over", "all",
+         "--seed", str(params["weave"]["seed"]), "--out", str(out)], repo)
+    cli, pipeline = load_file(out), load_file(repo / "models/woven/ties/tiny-clip.safetensors")
+    assert set(cli) == set(pipeline)
+    for key in cli:
+        assert torch.allclose(cli[key], pipeline[key], atol=1e-6), key
+
+
 def test_noop_repro_recomputes_nothing(repo: Path) -> None:
     assert stages_to_run(repo) == set()
     out = run(["dvc", "repro"], repo).stdout
@@ -123,3 +142,4 @@ def test_misspelled_key_stops_exp_run_before_any_stage(repo: Path) -> None:
     assert result.returncode != 0
     assert "densty" in output and "density" in output
     assert "done in" not in output, "a stage did work before the params were rejected"
+
