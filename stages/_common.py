@@ -93,3 +93,12 @@ def save_weights(path: str | Path, state_dict: dict, metadata: dict[str, str] | 
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_state_dict(path, state_dict, metadata=metadata)
+
+
+def compute_device() -> str:
+    """Where a stage runs its forward passes: this process's GPU when there is one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"

@@ -1,6 +1,6 @@
 """Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
 
-from _common import is_main_process, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, save_weights, stage, stage_params
 
 params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
 
@@ -17,7 +17,7 @@ with stage(f"finetune@{model_name}-{task}"):
 
     recipe_fields = params.finetune.recipe_for(task)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
-    model = load_pretrained(f"models/{model_name}/pretrained")
+    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
     head = load_state_dict(f"models/{model_name}/heads/{task}.safetensors")["weight"]
     train = load_prepared(f"data/prepared/{task}").split("train")
     started = time.perf_counter()

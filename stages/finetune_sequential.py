@@ -4,7 +4,7 @@ Split i starts from split i-1's image encoder and trains with a head over split 
 classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
 """
 
-from _common import is_main_process, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, save_weights, stage, stage_params
 
 params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
 benchmark = params.cl_benchmarks[name]
@@ -24,7 +24,7 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
 
     recipe_fields = params.sequential.recipe_for(benchmark.dataset)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
-    model = load_pretrained(f"models/{model_name}/pretrained")
+    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
     dataset = load_prepared(f"data/prepared/{benchmark.dataset}")
     head = load_state_dict(f"models/{model_name}/heads/{benchmark.dataset}.safetensors")["weight"]
     cache = torch.load(f"data/cache/{model_name}/{benchmark.dataset}_test.pt", weights_only=True)

@@ -1,6 +1,6 @@
 """Stage `heads@<model>`: frozen zero-shot heads from the text tower, cached test tensors, zero-shot accuracy."""
 
-from _common import save_weights, stage, stage_params
+from _common import compute_device, save_weights, stage, stage_params
 
 params, (model_name,) = stage_params({"model": lambda p: p.models})
 
@@ -14,7 +14,7 @@ with stage(f"heads@{model_name}"):
     from weaving.clip import cache_eval_tensors, evaluate, load_pretrained, zeroshot_head
     from weaving.datasets import load_prepared
 
-    model = load_pretrained(f"models/{model_name}/pretrained")
+    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
     pretrained_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
     zeroshot = {}
     for name in tqdm(params.datasets, desc="zero-shot heads", unit="dataset"):

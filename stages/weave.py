@@ -6,7 +6,7 @@ every pooling and pool_over. In multi-task learning the woven model chosen by
 `weave.artifact` is kept as a DVC artifact.
 """
 
-from _common import pipeline_task_vectors, save_weights, stage, stage_params
+from _common import compute_device, pipeline_task_vectors, save_weights, stage, stage_params
 from weaving.config import SETUPS
 
 params, (model_name, setup, method) = stage_params(
@@ -24,7 +24,7 @@ with stage(f"weave_{setup}@{model_name}-{method}"):
 
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
-    model = load_pretrained(f"models/{model_name}/pretrained")
+    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
     pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup)
 
     if setup == "mtl":
