@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from clip_fixtures import ArraySplit  # noqa: E402
+from project_copy import copy_project  # noqa: E402
 from weaving.clip import FinetuneRecipe, TrainingInterrupted, create_model, finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
-
-
-# The committed run of the embedded profile (its lock and outputs) stays out of the fresh repository.
-RUN_OUTPUTS = ("tests/", "benchmarks/", "dvc.lock", "data/", "models/", "metrics/", "reports/")
 
 
 def expected_stages(params: dict) -> set[str]:
@@ -57,13 +53,7 @@ def test_paper_profile_has_the_papers_models_suites_and_recipe() -> None:
 
 
 def test_dvc_lists_every_paper_stage_for_three_models_and_three_setups(tmp_path: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(RUN_OUTPUTS):
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, tmp_path / name)
-    shutil.copy2(ROOT / "profiles" / "paper.yaml", tmp_path / "params.yaml")
+    copy_project(tmp_path, "paper")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     result = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)

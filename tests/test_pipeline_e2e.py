@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from project_copy import copy_project
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-# The committed run of the embedded profile (its lock and outputs) stays out of the fresh repository.
-RUN_OUTPUTS = ("tests/", "benchmarks/", "dvc.lock", "data/", "models/", "metrics/", "reports/")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -41,15 +36,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh git repository holding the tracked project files, with the smoke profile as params.yaml."""
-    repo = tmp_path_factory.mktemp("pipeline")
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        source = ROOT / name
-        if source.is_file() and not name.startswith(RUN_OUTPUTS):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
-    shutil.copy2(ROOT / "profiles" / "smoke.yaml", repo / "params.yaml")
+    repo = copy_project(tmp_path_factory.mktemp("pipeline"), "smoke")
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
                 ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "smoke"]):
         run(cmd, repo)
