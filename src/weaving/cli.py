@@ -13,6 +13,7 @@ truncated, mismatched or non-finite checkpoints) or a failed write. Errors are o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -29,6 +30,10 @@ from weaving.errors import InputError, ParamError, WeavingError, choices
 from weaving.io import open_source, sha256_file, write_safetensors
 
 PROG = "weaving"
+
+FAMILY_COMMANDS: tuple[str, ...] = ()
+"""Modules of the algorithm families that add a subcommand: each exposes
+``add_subcommand(commands)``, which adds its parser and sets ``handler=function(args)``."""
 
 
 class UsageError(Exception):
@@ -109,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build every pool member, as Algorithm 1 is written (slower, same result)")
 
     commands.add_parser("methods", help="list merge methods with their default hyper-parameters, and poolings")
+    for module_name in FAMILY_COMMANDS:
+        importlib.import_module(module_name).add_subcommand(commands)
     return parser
 
 
@@ -227,7 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command is None:
             raise UsageError(f"a command is required: merge, weave or methods (see '{PROG} --help')")
-        run_merge(args)
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            handler(args)
+        else:
+            run_merge(args)
         return 0
     except SystemExit as exit_request:  # --help and --version
         return int(exit_request.code or 0)
