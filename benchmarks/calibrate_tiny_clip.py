@@ -46,7 +46,7 @@ from weaving.clip import (  # noqa: E402
     save_pretrained,
     zeroshot_head,
 )
-from weaving.config import load_params  # noqa: E402
+from weaving_pipeline.params import load_params  # noqa: E402
 from weaving.datasets import class_splits, load_prepared, prepare  # noqa: E402
 
 SUITE = ["mnist", "fashion_mnist", "optdigits", "ising", "cahn_hilliard", "textures"]

@@ -1,13 +1,8 @@
-"""What every stage script shares: params validation, clean errors, a one-line summary."""
-
-from __future__ import annotations
+"""Bootstrap of every stage script: import path, environment, then the pipeline's shared helpers."""
 
 import os
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # the stages run from a checkout even without `pip install -e`
@@ -17,88 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # process takes a core (benchmarks/calibrate_tiny_clip.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from weaving.config import Params, ParamsError, load_params  # noqa: E402
-from weaving.errors import WeavingError  # noqa: E402
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def stage_params(choices: dict[str, list[str]] | None = None, argv: list[str] | None = None) -> tuple[Params, list[str]]:
-    """Validate ``params.yaml`` and the stage's positional arguments against ``choices``.
-
-    ``choices`` maps each positional argument's name to its valid values (taken from params).
-    """
-    try:
-        params = load_params("params.yaml")
-    except ParamsError as error:
-        fail(str(error))
-    args = list(sys.argv[1:] if argv is None else argv)
-    names = list(choices or {})
-    if len(args) != len(names):
-        fail(f"{Path(sys.argv[0]).name} takes {len(names)} argument(s) <{'> <'.join(names)}>, got {args}")
-    for name, value in zip(names, args):
-        valid = choices[name](params) if callable(choices[name]) else choices[name]
-        if value not in valid:
-            fail(f"{name} {value!r} is not in params.yaml; valid: {list(valid)}")
-    return params, args
-
-
-@contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Run a stage body: user errors become one clean line and exit 1; a summary line at the end."""
-    started = time.perf_counter()
-    try:
-        yield
-    except (ParamsError, WeavingError) as error:
-        fail(f"{name}: {error}", code=1)
-    print(f"[{name}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-
-
-def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[dict, dict, dict[str, list[str]]]:
-    """theta_pre's image encoder, the setup's task vectors by name, and CL benchmarks' split names.
-
-    mtl/dg: one task vector per multi-task dataset; cl: one per sequential split, named
-    ``<benchmark>/split_<i>``, each taken against theta_pre.
-    """
-    from weaving import task_vectors
-    from weaving.io import load_state_dict
-
-    pretrained = load_state_dict(f"models/{model_name}/pretrained/visual.safetensors")
-    if setup in ("mtl", "dg"):
-        paths = {task: f"models/{model_name}/finetuned/{task}.safetensors" for task in params.suite.mtl}
-        splits: dict[str, list[str]] = {}
-    else:
-        paths, splits = {}, {}
-        for benchmark in params.suite.cl:
-            n = params.cl_benchmarks[benchmark].splits
-            splits[benchmark] = [f"{benchmark}/split_{i}" for i in range(n)]
-            paths.update({f"{benchmark}/split_{i}": f"models/{model_name}/sequential/{benchmark}/split_{i}.safetensors"
-                          for i in range(n)})
-    names = list(paths)
-    taus = task_vectors(pretrained, [load_state_dict(paths[n]) for n in names])
-    return pretrained, dict(zip(names, taus)), splits
-
-
-def is_main_process() -> bool:
-    """False in the extra workers that `torchrun` starts (only rank 0 writes outputs)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def save_weights(path: str | Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
-    """Write a stage's safetensors output atomically, creating its folder (DVC removed it before the run)."""
-    from weaving.io import save_state_dict
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_state_dict(path, state_dict, metadata=metadata)
-
-
-def compute_device() -> str:
-    """Where a stage runs its forward passes: this process's GPU when there is one, else the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
+from weaving_pipeline import paths  # noqa: E402,F401
+from weaving_pipeline.stage import (  # noqa: E402,F401
+    compute_device,
+    fail,
+    is_main_process,
+    save_weights,
+    stage,
+    stage_params,
+)

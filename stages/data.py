@@ -1,6 +1,6 @@
 """Stage `data@<dataset>`: resolve one dataset from its first available source, write it under data/prepared/."""
 
-from _common import stage, stage_params
+from _common import paths, stage, stage_params
 
 params, (name,) = stage_params({"dataset": lambda p: p.datasets})
 
@@ -9,7 +9,7 @@ with stage(f"data@{name}"):
 
     meta = prepare(
         name,
-        out_dir=f"data/prepared/{name}",
+        out_dir=paths.prepared(name),
         raw_dir=params.data.raw_dir,
         seed=params.data.seed,
         limits=params.data.limits.model_dump(),

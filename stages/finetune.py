@@ -1,6 +1,6 @@
 """Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
 
-from _common import compute_device, is_main_process, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
 
 params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
 
@@ -17,19 +17,19 @@ with stage(f"finetune@{model_name}-{task}"):
 
     recipe_fields = params.finetune.recipe_for(task)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
-    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
-    head = load_state_dict(f"models/{model_name}/heads/{task}.safetensors")["weight"]
-    train = load_prepared(f"data/prepared/{task}").split("train")
+    model = load_pretrained(paths.pretrained(model_name), device=compute_device())
+    head = load_state_dict(paths.heads(model_name, task))["weight"]
+    train = load_prepared(paths.prepared(task)).split("train")
     started = time.perf_counter()
     visual = finetune(model, head, train, recipe=recipe, seed=params.seed,
-                      checkpoint_dir=f".resume/{model_name}/finetune/{task}", progress=True)
+                      checkpoint_dir=paths.resume(model_name, "finetune", task), progress=True)
     seconds = time.perf_counter() - started
     if not is_main_process():
         raise SystemExit(0)
-    save_weights(f"models/{model_name}/finetuned/{task}.safetensors", visual,
-                    metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
-    cache = torch.load(f"data/cache/{model_name}/{task}_test.pt", weights_only=True)
+    save_weights(paths.finetuned(model_name, task), visual,
+                 metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
+    cache = torch.load(paths.test_cache(model_name, task), weights_only=True)
     accuracy = evaluate(model, visual, head, cache, batch_size=params.eval.batch_size)
-    write_json(f"metrics/{model_name}/finetune/{task}.json",
+    write_json(paths.metrics(model_name, "finetune", f"{task}.json"),
                {"task": task, "accuracy": round(accuracy, 4), "train_images": len(train), "seconds": round(seconds, 1)})
     print(f"[finetune@{model_name}-{task}] test accuracy {accuracy:.2f}% ({len(train)} training images)")

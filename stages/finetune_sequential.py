@@ -4,7 +4,7 @@ Split i starts from split i-1's image encoder and trains with a head over split 
 classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
 """
 
-from _common import compute_device, is_main_process, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
 
 params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
 benchmark = params.cl_benchmarks[name]
@@ -24,21 +24,21 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
 
     recipe_fields = params.sequential.recipe_for(benchmark.dataset)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
-    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
-    dataset = load_prepared(f"data/prepared/{benchmark.dataset}")
-    head = load_state_dict(f"models/{model_name}/heads/{benchmark.dataset}.safetensors")["weight"]
-    cache = torch.load(f"data/cache/{model_name}/{benchmark.dataset}_test.pt", weights_only=True)
+    model = load_pretrained(paths.pretrained(model_name), device=compute_device())
+    dataset = load_prepared(paths.prepared(benchmark.dataset))
+    head = load_state_dict(paths.heads(model_name, benchmark.dataset))["weight"]
+    cache = torch.load(paths.test_cache(model_name, benchmark.dataset), weights_only=True)
     chunks = class_splits(dataset.num_classes, benchmark.splits, seed=benchmark.seed)
     train = dataset.split("train")
 
-    out = Path(f"models/{model_name}/sequential/{name}")
+    out = paths.sequential(model_name, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
     try:
         previous, history = None, []
         for i, classes in enumerate(chunks):
             visual = finetune(model, head, train, recipe=recipe, seed=params.seed + i, class_subset=classes,
-                              init_visual=previous, checkpoint_dir=f".resume/{model_name}/sequential/{name}/{i}",
+                              init_visual=previous, checkpoint_dir=paths.resume(model_name, "sequential", name, str(i)),
                               progress=True)
             previous = visual
             if not is_main_process():
@@ -58,7 +58,7 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_json(f"metrics/{model_name}/sequential/{name}.json",
+    write_json(paths.metrics(model_name, "sequential", f"{name}.json"),
                {"benchmark": name, "dataset": benchmark.dataset, "splits": history,
                 "final_accuracy": history[-1]["accuracy_all"]})
     print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1]['accuracy_all']:.2f}% on all classes")

@@ -1,6 +1,6 @@
 """Stage `heads@<model>`: frozen zero-shot heads from the text tower, cached test tensors, zero-shot accuracy."""
 
-from _common import compute_device, save_weights, stage, stage_params
+from _common import compute_device, paths, save_weights, stage, stage_params
 
 params, (model_name,) = stage_params({"model": lambda p: p.models})
 
@@ -14,17 +14,17 @@ with stage(f"heads@{model_name}"):
     from weaving.clip import cache_eval_tensors, evaluate, load_pretrained, zeroshot_head
     from weaving.datasets import load_prepared
 
-    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
+    model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     pretrained_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
     zeroshot = {}
     for name in tqdm(params.datasets, desc="zero-shot heads", unit="dataset"):
-        dataset = load_prepared(f"data/prepared/{name}")
+        dataset = load_prepared(paths.prepared(name))
         head = zeroshot_head(model, dataset.classnames, dataset.templates)
-        save_weights(f"models/{model_name}/heads/{name}.safetensors", {"weight": head.contiguous()},
-                        metadata={"dataset": name, "classnames": json.dumps(dataset.classnames)})
+        save_weights(paths.heads(model_name, name), {"weight": head.contiguous()},
+                     metadata={"dataset": name, "classnames": json.dumps(dataset.classnames)})
         cache = cache_eval_tensors(model, dataset.split("test"))
-        with atomic_path(f"data/cache/{model_name}/{name}_test.pt") as tmp:
+        with atomic_path(paths.test_cache(model_name, name)) as tmp:
             torch.save(cache, tmp)
         zeroshot[name] = round(evaluate(model, pretrained_visual, head, cache, batch_size=params.eval.batch_size), 4)
-    write_json(f"metrics/{model_name}/zeroshot.json", zeroshot)
+    write_json(paths.metrics(model_name, "zeroshot.json"), zeroshot)
     print(f"[heads@{model_name}] zero-shot accuracy: " + ", ".join(f"{k} {v:.1f}" for k, v in zeroshot.items()))

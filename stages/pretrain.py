@@ -5,23 +5,23 @@ names and templates, over every dataset's `pretrain` split (disjoint from fine-t
 test data); `pretrained: openai` takes open_clip's OpenAI weights instead (paper profile).
 """
 
-from _common import stage, stage_params
+from _common import paths, stage, stage_params
 
 params, (model_name,) = stage_params({"model": lambda p: p.models})
 spec = params.model_specs[model_name]
 
 with stage(f"pretrain@{model_name}"):
     from weaving.atomic import write_json
-    from weaving.clip import PretrainRecipe, create_model, pretrain, save_pretrained
+    from weaving.clip import create_model, pretrain, save_pretrained
     from weaving.datasets import load_prepared
 
     if spec.pretrained == "openai":
         model = create_model(spec.arch, pretrained="openai")
         log = {"source": "openai", "arch": spec.arch}
     else:
-        recipe = PretrainRecipe(**params.pretrain.model_dump(exclude_none=True))
+        recipe = params.pretrain
         model = create_model(spec.arch, pretrained=None, seed=params.seed)
-        datasets = [load_prepared(f"data/prepared/{name}") for name in params.datasets]
+        datasets = [load_prepared(paths.prepared(name)) for name in params.datasets]
         log = {"source": "pipeline", "arch": spec.arch, **pretrain(model, datasets=datasets, recipe=recipe, seed=params.seed)}
-    save_pretrained(model, spec.arch, f"models/{model_name}/pretrained")
-    write_json(f"metrics/{model_name}/pretrain.json", log)
+    save_pretrained(model, spec.arch, paths.pretrained(model_name))
+    write_json(paths.metrics(model_name, "pretrain.json"), log)

@@ -7,7 +7,7 @@
 
 With --params, models, methods, profile, poolings (weave.poolings) and pool_over
 (weave.pool_over) come from the validated params file unless given on the command line;
-setups default to mtl cl dg, --metrics to metrics and --out to reports.
+--metrics to metrics and --out to reports.
 
 Every metrics file is validated before anything is written; all outputs are built in memory,
 written into a staging folder inside --out, then moved into place (files with os.replace,
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder (metrics/<model>/...)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="the report folder to write")
     parser.add_argument("--models", nargs="+")
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS))
+    parser.add_argument("--setups", nargs="+")
     parser.add_argument("--methods", nargs="+")
     parser.add_argument("--profile", help="params profile; 'paper' compares with the paper")
     parser.add_argument("--poolings", nargs="+")
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         missing = [f"--{name}" for name in ("models", "methods", "profile") if getattr(args, name) is None]
         if missing:
             parser.error(f"{', '.join(missing)} required (or --params params.yaml)")
+        args.setups = args.setups or list(SETUPS)
         args.poolings = args.poolings or list(POOLINGS)
         args.pool_over = args.pool_over or list(POOL_OVERS)
     return args
@@ -54,10 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fill_from_params(args: argparse.Namespace) -> None:
     """Fill the lists not given on the command line from the validated params file."""
-    from weaving.config import load_params
+    from weaving_pipeline.params import load_params
 
     params = load_params(args.params)
     args.models = args.models or list(params.models)
+    args.setups = args.setups or list(params.setups)
     args.methods = args.methods or list(params.methods)
     args.profile = args.profile or params.profile
     args.poolings = args.poolings or list(params.weave.poolings)

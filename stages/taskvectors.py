@@ -5,7 +5,9 @@ Figure 3) and reference.json (zero-shot, fine-tuned and sequential accuracies, f
 report to set beside the merged ones).
 """
 
-from _common import pipeline_task_vectors, stage, stage_params
+from _common import paths, stage, stage_params
+
+from weaving_pipeline.checkpoints import pipeline_task_vectors
 
 params, (model_name,) = stage_params({"model": lambda p: p.models})
 
@@ -29,9 +31,9 @@ with stage(f"taskvectors@{model_name}"):
         "individual": cosine_matrix(individual),
         "sequential": {b: cosine_matrix({n.split("/")[-1]: sequential[n] for n in names}) for b, names in splits.items()},
     }
-    write_json(f"metrics/{model_name}/similarity.json", similarity)
+    write_json(paths.metrics(model_name, "similarity.json"), similarity)
 
-    metrics = Path(f"metrics/{model_name}")
+    metrics = paths.metrics(model_name)
     zeroshot = json.loads((metrics / "zeroshot.json").read_text())
     reference = {
         "model": model_name,

@@ -1,63 +1,97 @@
-"""Stage `weave_<setup>@<model>-<method>`: one method in one setup, swept over lam and woven.
+"""Stage `weave@<model>-<setup>-<method>`: one method in one setup, swept over lam and woven.
 
-Evaluates the data-free baseline (lam = 1), the authors' recommended lam, every lam of
-the search space (per task: the oracle and the paper's Figure 2), and Weight Weaving with
-every pooling and pool_over. In multi-task learning the woven model chosen by
-`weave.artifact` is kept as a DVC artifact.
+Evaluates the data-free baseline (lam = 1), the authors' recommended lam, every lam of the
+search space (per task: the oracle and the paper's Figure 2), and Weight Weaving with every
+pooling and pool_over. The woven models chosen by `weave.artifact` are kept under
+`models/woven/<setup>/<method>/<model>/` (one file per scenario, listed in `manifest.json`).
 """
 
-from _common import compute_device, pipeline_task_vectors, save_weights, stage, stage_params
-from weaving.config import SETUPS
+from _common import compute_device, paths, save_weights, stage, stage_params
 
-params, (model_name, setup, method) = stage_params(
-    {"model": lambda p: p.models, "setup": list(SETUPS), "method": lambda p: p.methods})
+from weaving_pipeline.checkpoints import pipeline_task_vectors
 
-with stage(f"weave_{setup}@{model_name}-{method}"):
+from weaving_pipeline.params import SETUPS, Params
+
+
+def scenario_name(scenario) -> str:
+    """`all` for a merge evaluated on several tasks (MTL), else the one evaluated task or benchmark."""
+    return scenario.tasks[0] if len(scenario.tasks) == 1 else "all"
+
+
+def weave_stage(params: Params, model_name: str, setup: str, method: str) -> dict:
+    """Run the evaluation protocol of `weaving.experiment` and write the stage's outputs."""
+    import json
+
     import torch
 
     from weaving import apply_task_vector
     from weaving.atomic import write_json
     from weaving.clip import evaluate, load_pretrained
-    from weaving.experiment import (continual_scenarios, evaluate_method, leave_one_out_scenarios,
-                                    mean_accuracy, multitask_scenarios)
-    from weaving.io import load_state_dict
+    from weaving.experiment import build_scenarios, evaluate_method
+    from weaving.io import load_state_dict, sha256_file
 
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
-    model = load_pretrained(f"models/{model_name}/pretrained", device=compute_device())
+    recommended_lam = params.recommended_lam(method)
+    model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup)
+    scenarios = build_scenarios(setup, params.suite.mtl, splits)
 
-    if setup == "mtl":
-        scenarios = multitask_scenarios(params.suite.mtl)
-    elif setup == "dg":
-        scenarios = leave_one_out_scenarios(params.suite.mtl)
-    else:
-        scenarios = continual_scenarios(splits)
     dataset_of = {t: t for t in params.suite.mtl} | {b: params.cl_benchmarks[b].dataset for b in params.suite.cl}
     heads, caches = {}, {}
     for task in {t for s in scenarios for t in s.tasks}:
-        heads[task] = load_state_dict(f"models/{model_name}/heads/{dataset_of[task]}.safetensors")["weight"]
-        caches[task] = torch.load(f"data/cache/{model_name}/{dataset_of[task]}_test.pt", weights_only=True)
+        heads[task] = load_state_dict(paths.heads(model_name, dataset_of[task]))["weight"]
+        cache_file = paths.test_cache(model_name, dataset_of[task])
+        caches[task] = torch.load(cache_file, weights_only=True)
 
     def accuracy(merged_task_vector, task):
         visual = apply_task_vector(pretrained, merged_task_vector)
         return evaluate(model, visual, heads[task], caches[task], batch_size=params.eval.batch_size)
 
+    artifact = params.weave.artifact
+    woven_dir = paths.woven(setup, method, model_name)
+    woven_dir.mkdir(parents=True, exist_ok=True)
+    kept: dict[str, str] = {}
+    input_hashes: dict[str, str] = {}
+
     def keep_artifact(scenario, pooling, pool_over, woven):
-        choice = params.weave.artifact
-        if setup == "mtl" and (pooling, pool_over) == (choice.pooling, choice.pool_over):
-            save_weights(f"models/woven/{method}/{model_name}.safetensors", apply_task_vector(pretrained, woven),
-                            metadata={"method": method, "hparams": str(dict(spec.hparams)), "pooling": pooling,
-                                      "pool_over": pool_over, "lambdas": str(lambdas), "seed": str(params.weave.seed),
-                                      "tasks": ",".join(params.suite.mtl)})
+        if setup not in artifact.setups or (pooling, pool_over) != (artifact.pooling, artifact.pool_over):
+            return
+        if not input_hashes:
+            input_hashes["pretrained"] = sha256_file(paths.pretrained_visual(model_name))
+        name = scenario_name(scenario)
+        save_weights(woven_dir / f"{name}.safetensors", apply_task_vector(pretrained, woven), metadata={
+            "method": method, "hparams": json.dumps(dict(spec.hparams)), "pooling": pooling, "pool_over": pool_over,
+            "lambdas": json.dumps(lambdas), "seed": str(params.weave.seed), "setup": setup,
+            "members": json.dumps(list(scenario.members)), "evaluated_on": json.dumps(list(scenario.tasks)),
+            "pretrained_sha256": input_hashes["pretrained"]})
+        kept[name] = f"{name}.safetensors"
 
     result = evaluate_method(
-        method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=spec.recommended_lam,
+        method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=recommended_lam,
         poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed,
         evaluate=accuracy, on_woven=keep_artifact, progress=True)
+    write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
+                                             "pooling": artifact.pooling, "pool_over": artifact.pool_over,
+                                             "kept": kept})
     metrics = {"model": model_name, "setup": setup, "method": method, "hparams": dict(spec.hparams),
-               "lambdas": lambdas, "recommended_lam": spec.recommended_lam, "baseline_lam": 1.0, **result}
-    write_json(f"metrics/{model_name}/weave/{setup}/{method}.json", metrics)
-    print(f"[weave_{setup}@{model_name}-{method}] baseline {mean_accuracy(result['baseline']):.2f}% -> woven "
-          f"{mean_accuracy(result['weaving']['avg']['all']) if 'avg' in result['weaving'] else float('nan'):.2f}% "
-          f"(avg pooling over A*)")
+               "lambdas": lambdas, "recommended_lam": recommended_lam, "baseline_lam": 1.0, **result}
+    write_json(paths.weave_metrics(model_name, setup, method), metrics)
+    return metrics
+
+
+def main() -> None:
+    params, (model_name, setup, method) = stage_params(
+        {"model": lambda p: p.models, "setup": list(SETUPS), "method": lambda p: p.methods})
+    name = f"weave@{model_name}-{setup}-{method}"
+    with stage(name):
+        from weaving.experiment import mean_accuracy
+
+        metrics = weave_stage(params, model_name, setup, method)
+        woven = metrics["weaving"].get("avg", {}).get("all")
+        print(f"[{name}] baseline {mean_accuracy(metrics['baseline']):.2f}% -> woven "
+              f"{mean_accuracy(woven) if woven else float('nan'):.2f}% (avg pooling over A*)")
+
+
+if __name__ == "__main__":
+    main()

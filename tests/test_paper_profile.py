@@ -31,7 +31,7 @@ def expected_stages(params: dict) -> set[str]:
         stages |= {f"pretrain@{m}", f"heads@{m}", f"taskvectors@{m}"}
         stages |= {f"finetune@{m}-{t}" for t in params["suite"]["mtl"]}
         stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
-        stages |= {f"weave_{setup}@{m}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
+        stages |= {f"weave@{m}-{setup}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
     return stages
 
 
@@ -61,7 +61,7 @@ def test_dvc_lists_every_paper_stage_for_three_models_and_three_setups(tmp_path:
     listed = set(json.loads(result.stdout))
     expected = expected_stages(PAPER)
     assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
-    assert len([s for s in listed if s.startswith("weave_")]) == 3 * 3 * len(PAPER["methods"])
+    assert len([s for s in listed if s.startswith("weave@")]) == 3 * 3 * len(PAPER["methods"])
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from weaving.config import ParamsError, load_params
+from weaving_pipeline.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]

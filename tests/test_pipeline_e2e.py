@@ -62,7 +62,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
                 for pooling in params["weave"]["poolings"]:
                     for over in params["weave"]["pool_over"]:
                         assert set(metrics["weaving"][pooling][over]) == set(metrics["tasks"])
-            assert (repo / f"models/woven/ties/{model}.safetensors").is_file()
+            assert (repo / f"models/woven/mtl/ties/{model}/all.safetensors").is_file()
         reference = json.loads((repo / f"metrics/{model}/reference.json").read_text())
         assert set(reference["finetuned"]) == set(params["suite"]["mtl"])
     summary = json.loads((repo / "reports/summary.json").read_text())
@@ -89,7 +89,7 @@ def test_cli_weave_on_the_pipelines_checkpoints_equals_its_artifact(repo: Path, 
          "--method", "ties", "--set", f"density={params['method_params']['ties']['hparams']['density']}",
          "--lambdas", ":".join(str(x) for x in space), "--pooling", "avg", "--pool-over", "all",
          "--seed", str(params["weave"]["seed"]), "--out", str(out)], repo)
-    cli, pipeline = load_file(out), load_file(repo / "models/woven/ties/tiny-clip.safetensors")
+    cli, pipeline = load_file(out), load_file(repo / "models/woven/mtl/ties/tiny-clip/all.safetensors")
     assert set(cli) == set(pipeline)
     for key in cli:
         assert torch.allclose(cli[key], pipeline[key], atol=1e-6), key
@@ -112,11 +112,32 @@ def test_changing_the_ties_search_space_reruns_only_ties(repo: Path) -> None:
         ran = set(re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout))
     finally:
         params_path.write_text(original)
-    ties_stages = {f"weave_{s}@tiny-clip-ties" for s in ("mtl", "cl", "dg")}
+    ties_stages = {f"weave@tiny-clip-{s}-ties" for s in ("mtl", "cl", "dg")}
     assert invalidated == ties_stages
     assert ran == ties_stages | {"report"}
     metrics = json.loads((repo / "metrics/tiny-clip/weave/mtl/ties.json").read_text())
     assert metrics["lambdas"] == pytest.approx([0.4, 0.8, 1.2])
+
+
+def test_editing_a_library_module_invalidates_every_stage_that_imports_it(repo: Path) -> None:
+    """dvc status after an edit of src/weaving/io.py lists exactly the stages whose imports reach it."""
+    from import_closure import closure
+
+    module = repo / "src/weaving/io.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        invalidated = stages_to_run(repo)
+    finally:
+        module.write_text(original)
+    src = (repo / "src").resolve()
+    stage_list = run(["dvc", "stage", "list", "--name-only"], repo).stdout.split()
+    importing = set()
+    for name in stage_list:
+        script = repo / "stages" / f"{name.split('@')[0]}.py"
+        if module.resolve() in closure(script.resolve(), src, ((repo / "stages/_common.py").resolve(),)):
+            importing.add(name)
+    assert importing and invalidated == importing
 
 
 def test_misspelled_key_stops_exp_run_before_any_stage(repo: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from weaving.errors import InputError, ParamError, choices
 from weaving.methods import METHODS
 from weaving.methods.base import MergeMethod, MethodRun, ModelLayout, PassNeeded, Workspace
-from weaving.poolings import POOLINGS, Pooling, check_pool_over, get_pooling, weave_tensor
+from weaving.poolings import POOLINGS, Pooling, check_pool_over, get_pooling, pool_members, weave_tensor
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -340,16 +340,28 @@ def _stream_task_vectors(
         assert request.lambdas is not None and request.pooling is not None
         lambdas = torch.tensor(request.lambdas, dtype=dtype)
         final_label = f"{request.label}: weave ({request.pooling.name} over {request.pool_over})"
-    for key in _bar(layout.keys, final_label, progress):
-        taus = stack.load(key)
-        try:
-            at_one = run.finalize(key, taus)
-        except PassNeeded as needed:
-            statistics_pass(f"{needed.label} (needed by {key})")
+    linear = request.method is None or request.method.linear_in_lam
+
+    def finalized(key: str, lam: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(taus, f(taus, lam))` of `key` (lam None: at 1), after any statistics pass it needs."""
+        for attempt in range(2):
             taus = stack.load(key)
-            at_one = run.finalize(key, taus)
-        if tuple(at_one.shape) != layout.shapes[key]:
-            raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(at_one.shape)}")
+            try:
+                result = run.finalize(key, taus) if lam is None else run.finalize_at(key, taus, lam)
+                break
+            except PassNeeded as needed:
+                if attempt:
+                    raise
+                statistics_pass(f"{needed.label} (needed by {key})")
+        if tuple(result.shape) != layout.shapes[key]:
+            raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(result.shape)}")
+        return taus, result
+
+    for key in _bar(layout.keys, final_label, progress):
+        if not linear:
+            yield key, _nonlinear_result(request, key, finalized)
+            continue
+        taus, at_one = finalized(key)
         if request.lam is not None:
             yield key, lam * at_one
         else:
@@ -364,6 +376,20 @@ def _stream_task_vectors(
                 key=key,
                 materialize=request.materialize,
             )
+
+
+def _nonlinear_result(
+    request: _Request, key: str, finalized: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """A method not linear in lam: its merge at `request.lam`, or Algorithm 1 with one merge per lam."""
+    if request.lam is not None:
+        return finalized(key, request.lam)[1]
+    assert request.lambdas is not None and request.pooling is not None
+    merges = [finalized(key, lam) for lam in request.lambdas]
+    taus = merges[0][0]
+    scaled = torch.stack([result for _, result in merges])
+    members = torch.cat([taus, scaled]) if request.pool_over == "all" else scaled
+    return pool_members(request.pooling, members, seed=request.seed, key=key)
 
 
 def stream_merge(

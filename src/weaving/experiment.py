@@ -8,7 +8,11 @@ vectors in, the whole benchmark evaluated).
 
 For each scenario the merged vector ``M = f(taus, lam=1)`` is computed once; every
 evaluated point is derived from it (``lam * M`` for the sweep, the baseline and the
-recommended lam, and Weight Weaving by every pooling and ``pool_over``).
+recommended lam, and Weight Weaving by every pooling and ``pool_over``). A method that is
+not linear in lam (``MergeMethod.linear_in_lam``) is merged once per lam instead.
+
+The setups are registered in ``weaving.catalogue.SETUP_ENTRIES``; each names its scenario
+builder below, and ``build_scenarios`` calls it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ def continual_scenarios(benchmarks: Mapping[str, Sequence[str]]) -> list[Scenari
     return [Scenario(tuple(splits), (name,)) for name, splits in benchmarks.items()]
 
 
+def build_scenarios(setup: str, tasks: Sequence[str], benchmarks: Mapping[str, Sequence[str]]) -> list[Scenario]:
+    """The scenarios of a registered setup: its builder over the multi-task datasets (``tasks``)
+    or the continual benchmarks' split names (``benchmarks``), as its entry's task vectors say."""
+    from weaving.catalogue import SETUP_ENTRIES
+
+    entry = SETUP_ENTRIES[setup]
+    builder = globals()[entry.scenarios]
+    return builder(tasks if entry.task_vectors == "finetuned" else benchmarks)
+
+
 def _index_of(value: float, values: Sequence[float]) -> int | None:
     return next((i for i, v in enumerate(values) if math.isclose(v, value, abs_tol=1e-9)), None)
 
@@ -75,7 +89,7 @@ def evaluate_method(
     """
     from tqdm.auto import tqdm
 
-    from weaving import merge, weave_from_merged
+    from weaving import METHODS, merge, weave, weave_from_merged
 
     lambdas = [float(x) for x in lambdas]
     extra = [lam for lam in (baseline_lam, recommended_lam) if _index_of(lam, lambdas) is None]
@@ -91,12 +105,14 @@ def evaluate_method(
         "sweep": {t: [math.nan] * len(lambdas) for t in tasks},
         "weaving": {p: {o: {} for o in pool_over} for p in poolings},
     }
+    linear = METHODS[method].linear_in_lam
     for scenario in scenarios:
         taus = [task_vectors[name] for name in scenario.members]
         merged = merge(method, taus, lam=1.0, **hparams)
         at_point: dict[float, dict[str, float]] = {}
         for lam in points:
-            scaled = {key: value * lam for key, value in merged.items()}
+            scaled = ({key: value * lam for key, value in merged.items()} if linear
+                      else merge(method, taus, lam=lam, **hparams))
             at_point[lam] = {}
             for task in scenario.tasks:
                 at_point[lam][task] = evaluate(scaled, task)
@@ -108,7 +124,8 @@ def evaluate_method(
             result["recommended"][task] = at_point[_point(recommended_lam, points)][task]
         for pooling in poolings:
             for over in pool_over:
-                woven = weave_from_merged(taus, merged, lambdas=lambdas, pooling=pooling, pool_over=over, seed=seed)
+                woven = (weave_from_merged(taus, merged, lambdas=lambdas, pooling=pooling, pool_over=over, seed=seed)
+                         if linear else weave(method, taus, lambdas, pooling, over, seed, **hparams))
                 if on_woven is not None:
                     on_woven(scenario, pooling, over, woven)
                 for task in scenario.tasks:

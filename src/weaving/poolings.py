@@ -10,6 +10,9 @@ Members (`pool_over`): `all` = `tau_1..tau_T, lam_1*M..lam_K*M` (the paper's A*)
   so a key's draws do not depend on the order keys are processed in.
 - `magmax`: the member of largest `|x|`; on ties the later member wins.
 
+Names, labels and summaries are registered in `weaving.catalogue.POOLING_ENTRIES`; a new
+pooling adds its two functions to `_COMPUTATIONS` below and one entry there.
+
 Each pooling has a fast path that uses `M` once and never builds the members (memory
 independent of K), and a materialised path (Algorithm 1: build every member, stack, pool).
 Both use the same draws; `lam_k * M` is always the element-wise product of `M` with the
@@ -23,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from weaving.catalogue import POOL_OVER, POOLING_ENTRIES
 from weaving.errors import ParamError, choices
 from weaving.methods.base import keyed_generator
 from weaving.methods.magmax import last_argmax_abs, pick
 
-POOL_OVER = ("all", "augmented")
 
 
 def build_members(taus: torch.Tensor, merged: torch.Tensor, lambdas: torch.Tensor, pool_over: str) -> torch.Tensor:
@@ -96,13 +99,15 @@ class Pooling:
     random: bool = False
 
 
+_COMPUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool]] = {
+    "avg": (_avg_fast, _avg_pool, False),
+    "random": (_random_fast, _random_pool, True),
+    "magmax": (_magmax_fast, _magmax_pool, False),
+}
+"""Each pooling's fast path, materialised pooling, and whether it draws members at random."""
+
 POOLINGS: dict[str, Pooling] = {
-    pooling.name: pooling
-    for pooling in (
-        Pooling("avg", "arithmetic mean of the members", _avg_fast, _avg_pool),
-        Pooling("random", "per element, a member drawn uniformly at random", _random_fast, _random_pool, random=True),
-        Pooling("magmax", "per element, the member of largest magnitude (later wins ties)", _magmax_fast, _magmax_pool),
-    )
+    name: Pooling(name, entry.summary, *_COMPUTATIONS[name]) for name, entry in POOLING_ENTRIES.items()
 }
 
 
@@ -135,8 +140,14 @@ def weave_tensor(
     All three tensors share the compute dtype. `materialize=True` runs Algorithm 1 as
     written (builds the N members); otherwise the fast path.
     """
+    if materialize:
+        return pool_members(pooling, build_members(taus, merged, lambdas, pool_over), seed=seed, key=key)
     count = num_members(taus.shape[0], lambdas.numel(), pool_over)
     draws = member_draws(seed, key, count, tuple(merged.shape)) if pooling.random else None
-    if materialize:
-        return pooling.pool(build_members(taus, merged, lambdas, pool_over), draws)
     return pooling.fast(taus, merged, lambdas, pool_over, draws)
+
+
+def pool_members(pooling: Pooling, members: torch.Tensor, *, seed: int, key: str) -> torch.Tensor:
+    """Algorithm 1's pooling of stacked members `[N, *shape]` of one key (random: seeded by key)."""
+    draws = member_draws(seed, key, members.shape[0], tuple(members.shape[1:])) if pooling.random else None
+    return pooling.pool(members, draws)

@@ -1,25 +1,29 @@
-"""The registry of merge methods: `METHODS[name]`.
+"""The registry of merge methods: `METHODS[name]`, built from `weaving.catalogue.METHOD_ENTRIES`.
 
 Adding a method: one module exposing `METHOD` (a `PerTensorMethod` or `ModelWideMethod`)
-and one line in `_REGISTERED` below.
+and one `MethodEntry` line in `weaving/catalogue.py`.
 """
 
 from __future__ import annotations
 
-from weaving.methods import breadcrumbs, dare, iso_c, magmax, pcb, task_arithmetic, ties, tsv
+import importlib
+
+from weaving.catalogue import METHOD_ENTRIES
 from weaving.methods.base import MergeMethod, MethodRun, ModelLayout, ModelWideMethod, PerTensorMethod
 
-_REGISTERED: tuple[MergeMethod, ...] = (
-    task_arithmetic.METHOD,
-    dare.METHOD,
-    ties.METHOD,
-    breadcrumbs.METHOD,
-    magmax.METHOD,
-    pcb.METHOD,
-    tsv.METHOD,
-    iso_c.METHOD,
-)
+METHODS: dict[str, MergeMethod] = {}
 
-METHODS: dict[str, MergeMethod] = {method.name: method for method in _REGISTERED}
 
-__all__ = ["METHODS", "MergeMethod", "MethodRun", "ModelLayout", "ModelWideMethod", "PerTensorMethod"]
+def refresh() -> None:
+    """Rebuild `METHODS` in place from the catalogue (each entry's `module.METHOD`)."""
+    METHODS.clear()
+    for name, entry in METHOD_ENTRIES.items():
+        method = importlib.import_module(entry.module).METHOD
+        if method.name != name:
+            raise AssertionError(f"catalogue entry {name!r}: {entry.module}.METHOD is named {method.name!r}")
+        METHODS[name] = method
+
+
+refresh()
+
+__all__ = ["METHODS", "MergeMethod", "MethodRun", "ModelLayout", "ModelWideMethod", "PerTensorMethod", "refresh"]

@@ -4,7 +4,10 @@ A method maps the stacked task vectors of one key, `taus` of shape `[T, *shape]`
 compute dtype, to the merged task vector of that key at `lam = 1`. `taus` may live in a
 buffer the engine reuses for the next key: a method must not keep it or return a view of
 it, and must not modify it. The engine scales by
-`lam` (every method is linear in `lam`), adds `theta_pre` and casts back.
+`lam`, adds `theta_pre` and casts back. A method declares `linear_in_lam` (all eight built-in
+methods are: `f(taus, lam) = lam * f(taus, 1)`); for a method that is not, the engine asks
+its run for `finalize_at(key, taus, lam)` at every lam and weaves by materialising the
+members, never by the linear fast path.
 
 Per-tensor methods (`PerTensorMethod`) see one key at a time. Model-wide methods
 (`ModelWideMethod`: TIES, PCB) first run statistics passes (each pass sees every key once,
@@ -123,6 +126,13 @@ class MethodRun(ABC):
         May raise `PassNeeded` (before changing any state but the request itself).
         """
 
+    def finalize_at(self, key: str, taus: torch.Tensor, lam: float) -> torch.Tensor:
+        """The merged task vector of `key` at `lam`: `lam * finalize(key, taus)` for a linear method.
+
+        A method that is not linear in `lam` overrides it (and sets `linear_in_lam=False`).
+        """
+        return lam * self.finalize(key, taus)
+
 
 @dataclass(frozen=True)
 class MergeMethod(ABC):
@@ -131,6 +141,8 @@ class MergeMethod(ABC):
     name: str
     hparams: tuple[HParam, ...] = ()
     summary: str = ""
+    linear_in_lam: bool = True
+    """`f(taus, lam) == lam * f(taus, 1)`: weaving may derive every member from one merge."""
     model_wide: bool = field(default=False, init=False)
 
     @property

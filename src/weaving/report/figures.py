@@ -22,15 +22,16 @@ from matplotlib.lines import Line2D  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from weaving.report import plot_data  # noqa: E402
-from weaving.report.load import SETUP_NAMES, RunMetrics, SimilarityMatrix  # noqa: E402
+from weaving.catalogue import POOLING_ENTRIES, SETUP_ENTRIES  # noqa: E402
+from weaving.report.load import RunMetrics, SimilarityMatrix  # noqa: E402
 from weaving.report.tables import method_label, safe_name  # noqa: E402
 
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
              "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
 VARIANT_COLOURS = {"baseline": OKABE_ITO["vermillion"], "weaving": OKABE_ITO["blue"]}
-POOLING_COLOURS = {"avg": OKABE_ITO["blue"], "random": OKABE_ITO["green"], "magmax": OKABE_ITO["purple"]}
+POOLING_COLOURS = {name: entry.colour for name, entry in POOLING_ENTRIES.items()}
 POOL_OVER_STYLES = {"all": "-", "augmented": "--"}
-SETUP_TITLES = {**{k: v.capitalize() for k, v in SETUP_NAMES.items()}, "avg": "Average over setups"}
+SETUP_TITLES = {**{k: v.label.capitalize() for k, v in SETUP_ENTRIES.items()}, "avg": "Average over setups"}
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
          "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100}
 

@@ -13,19 +13,15 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Mapping, Sequence
 
+from weaving.catalogue import METHOD_ENTRIES, POOL_OVER, POOLING_ENTRIES, SETUP_ENTRIES
 from weaving.errors import InputError, ParamError, choices
 
-SETUPS: tuple[str, ...] = ("mtl", "cl", "dg")
-METHODS: tuple[str, ...] = ("task_arithmetic", "dare", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c")
-POOLINGS: tuple[str, ...] = ("avg", "random", "magmax")
-POOL_OVERS: tuple[str, ...] = ("all", "augmented")
+# The registries are read at call time, so entries registered after import count too.
+SETUPS = SETUP_ENTRIES.keys()
+METHODS = METHOD_ENTRIES.keys()
+POOLINGS = POOLING_ENTRIES.keys()
+POOL_OVERS: tuple[str, ...] = POOL_OVER
 RESERVED_MODEL_NAMES: frozenset[str] = frozenset({"avg"})
-
-SETUP_NAMES = {"mtl": "multi-task learning", "cl": "continual learning", "dg": "domain generalisation"}
-METHOD_NAMES = {
-    "task_arithmetic": "Task Arithmetic", "dare": "DARE", "ties": "TIES", "breadcrumbs": "Breadcrumbs",
-    "magmax": "MagMax", "pcb": "PCB", "tsv": "TSV", "iso_c": "ISO-C",
-}
 
 
 class MetricsError(InputError):
@@ -339,12 +335,13 @@ def _check_choices(name: str, given: Sequence[str], valid: Sequence[str]) -> Non
 
 
 def load_metrics(metrics_dir: str | Path, models: Sequence[str], setups: Sequence[str], methods: Sequence[str],
-                 poolings: Sequence[str] = POOLINGS, pool_overs: Sequence[str] = POOL_OVERS) -> RunMetrics:
+                 poolings: Sequence[str] | None = None, pool_overs: Sequence[str] = POOL_OVERS) -> RunMetrics:
     """Read and validate every metrics file of the configured run.
 
     Raises `ParamError` for a bad model/setup/method/pooling list and `MetricsError` listing
     every missing file and every missing or malformed entry (file, key, what is wrong).
     """
+    poolings = list(POOLINGS) if poolings is None else poolings
     if not models:
         raise ParamError("no models given")
     if len(set(models)) != len(models):

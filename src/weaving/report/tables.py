@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import NamedTuple, Union
 
-from weaving.report.load import METHOD_NAMES, SETUP_NAMES, RunMetrics, WeaveMetrics
+from weaving.catalogue import SETUP_ENTRIES, method_label
+from weaving.report.load import RunMetrics, WeaveMetrics
 
 
 class Label(NamedTuple):
@@ -26,7 +27,7 @@ class Label(NamedTuple):
 
 Cell = Union[str, float, Label, None]
 
-SETUP_SHORT = {"mtl": "MTL", "cl": "CL", "dg": "DG"}
+SETUP_SHORT = {name: entry.short for name, entry in SETUP_ENTRIES.items()}
 
 
 @dataclass
@@ -107,10 +108,6 @@ def _md_escape(text: str) -> str:
 def safe_name(name: str) -> str:
     """A file-name-safe form of a model or task name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
-def method_label(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
 
 
 def method_cell(method: str) -> Label:
@@ -242,7 +239,7 @@ def per_dataset_tables(run: RunMetrics) -> list[Table]:
             for method in run.methods:
                 tasks.extend(t for t in run.get(model, setup, method).tasks if t not in tasks)
             table = Table(f"per_dataset_{setup}_{safe_name(model)}",
-                          f"Per-task accuracy (%), {SETUP_NAMES[setup]}, {model}",
+                          f"Per-task accuracy (%), {SETUP_ENTRIES[setup].label}, {model}",
                           ["Method", "Variant", "λ", *tasks, "Avg"], ["method", "variant", "lam", *tasks, "avg"])
             table.rows.extend(_reference_rows(run, setup, model, tasks))
             for method in run.methods:

@@ -13,13 +13,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
+from weaving.errors import ParamError
 
-SETUPS = ("mtl", "cl", "dg")
-"""Multi-task learning, continual learning, domain generalisation (leave-one-out)."""
+SETUPS = SETUP_ENTRIES.keys()
+"""The registered setups (``weaving.catalogue``): multi-task learning, continual learning, domain
+generalisation."""
 
 
-class ParamsError(ValueError):
+class ParamsError(ParamError):
     """A bad ``params.yaml``: the message names the file, the key path and the valid choices."""
 
 
@@ -106,12 +109,16 @@ class MethodParams(_Strict):
     """A merge method's hyper-parameters, the authors' recommended lam and its search spaces."""
 
     hparams: dict[str, float | int | bool] = Field(default_factory=dict)
-    recommended_lam: float
-    search_space: dict[Literal["mtl", "cl", "dg"], list[float]]
+    recommended_lam: float | None = Field(
+        default=None, description="the authors' recommended lam; default: the method's catalogue entry")
+    search_space: dict[str, list[float]]
 
     @field_validator("search_space")
     @classmethod
     def _every_setup(cls, spaces: dict[str, list[float]]) -> dict[str, list[float]]:
+        unknown = [s for s in spaces if s not in SETUPS]
+        if unknown:
+            raise ValueError(f"unknown setup(s) {unknown}; valid: {sorted(SETUPS)}")
         missing = [s for s in SETUPS if s not in spaces]
         if missing:
             raise ValueError(f"no search space for setup(s) {missing}")
@@ -119,8 +126,19 @@ class MethodParams(_Strict):
 
 
 class ArtifactChoice(_Strict):
+    """Which woven models the weave stages keep under `models/woven/` (one file per scenario)."""
+
     pooling: str = "avg"
     pool_over: Literal["all", "augmented"] = "all"
+    setups: list[str] = Field(default_factory=lambda: ["mtl"], description="setups whose woven models are kept")
+
+    @field_validator("setups")
+    @classmethod
+    def _known_setups(cls, setups: list[str]) -> list[str]:
+        unknown = [s for s in setups if s not in SETUPS]
+        if unknown:
+            raise ValueError(f"unknown setup(s) {unknown}; valid: {sorted(SETUPS)}")
+        return setups
 
 
 class WeaveParams(_Strict):
@@ -147,6 +165,7 @@ class Params(_Strict):
     finetune: FinetuneParams
     sequential: FinetuneParams
     eval: EvalParams
+    setups: list[str] = Field(min_length=1, description="evaluation setups of weaving (weaving.catalogue)")
     methods: list[str] = Field(min_length=1)
     method_params: dict[str, MethodParams]
     weave: WeaveParams
@@ -175,6 +194,7 @@ class Params(_Strict):
         from weaving.datasets import DATASETS
 
         _require_subset("datasets", self.datasets, "the dataset registry", DATASETS)
+        _require_subset("setups", self.setups, "the setup registry", SETUPS)
         _require_subset("methods", self.methods, "the method registry", METHODS)
         _require_subset("method_params", list(self.method_params), "the method registry", METHODS)
         _require_subset("weave.poolings", self.weave.poolings, "the pooling registry", POOLINGS)
@@ -188,6 +208,11 @@ class Params(_Strict):
                     parse_search_space(space)
                 except ValueError as error:
                     raise ValueError(f"method_params.{name}.search_space.{setup}: {error}") from None
+
+    def recommended_lam(self, method: str) -> float:
+        """The method's recommended lam: from params when given, else from its catalogue entry."""
+        given = self.method_params[method].recommended_lam
+        return METHOD_ENTRIES[method].recommended_lam if given is None else given
 
     def search_space(self, method: str, setup: str) -> list[float]:
         from weaving import parse_search_space

@@ -1,0 +1,76 @@
+"""The pipeline's file layout: every path a stage reads or writes, in one place.
+
+`dvc.yaml` spells the same paths with `${item...}` placeholders; `tests/test_pipeline_layout.py`
+checks that the two agree. All paths are relative to the project root (where `dvc repro` runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def prepared(dataset: str) -> Path:
+    """`data/prepared/<dataset>/`: a prepared dataset (meta.json and its splits)."""
+    return Path("data/prepared") / dataset
+
+
+def test_cache(model: str, dataset: str | None = None) -> Path:
+    """`data/cache/<model>/[<dataset>_test.pt]`: test images preprocessed for `model`."""
+    folder = Path("data/cache") / model
+    return folder if dataset is None else folder / f"{dataset}_test.pt"
+
+
+def model_dir(model: str) -> Path:
+    """`models/<model>/`."""
+    return Path("models") / model
+
+
+def pretrained(model: str) -> Path:
+    """`models/<model>/pretrained/`: open_clip local-dir checkpoint plus `visual.safetensors`."""
+    return model_dir(model) / "pretrained"
+
+
+def pretrained_visual(model: str) -> Path:
+    """The pretrained image encoder's state dict (theta_pre of every task vector)."""
+    return pretrained(model) / "visual.safetensors"
+
+
+def heads(model: str, dataset: str | None = None) -> Path:
+    """`models/<model>/heads/[<dataset>.safetensors]`: zero-shot classification heads."""
+    folder = model_dir(model) / "heads"
+    return folder if dataset is None else folder / f"{dataset}.safetensors"
+
+
+def finetuned(model: str, task: str | None = None) -> Path:
+    """`models/<model>/finetuned/[<task>.safetensors]`: image encoders fine-tuned per task."""
+    folder = model_dir(model) / "finetuned"
+    return folder if task is None else folder / f"{task}.safetensors"
+
+
+def sequential(model: str, benchmark: str | None = None, split: int | None = None) -> Path:
+    """`models/<model>/sequential/[<benchmark>/[split_<i>.safetensors]]`: sequential fine-tunes."""
+    folder = model_dir(model) / "sequential"
+    if benchmark is None:
+        return folder
+    folder = folder / benchmark
+    return folder if split is None else folder / f"split_{split}.safetensors"
+
+
+def woven(setup: str, method: str, model: str) -> Path:
+    """`models/woven/<setup>/<method>/<model>/`: the woven models a weave stage keeps."""
+    return Path("models/woven") / setup / method / model
+
+
+def metrics(model: str, *parts: str) -> Path:
+    """`metrics/<model>/<parts...>`: a stage's metrics file (or folder)."""
+    return Path("metrics") / model / Path(*parts) if parts else Path("metrics") / model
+
+
+def weave_metrics(model: str, setup: str, method: str) -> Path:
+    """`metrics/<model>/weave/<setup>/<method>.json`."""
+    return metrics(model, "weave", setup, f"{method}.json")
+
+
+def resume(model: str, *parts: str) -> Path:
+    """`.resume/<model>/<parts...>`: a fine-tune's checkpoints while it runs (ignored by git and DVC)."""
+    return Path(".resume") / model / Path(*parts)
