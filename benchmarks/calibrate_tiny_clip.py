@@ -46,8 +46,8 @@ from weaving.clip import (  # noqa: E402
     save_pretrained,
     zeroshot_head,
 )
-from weaving_pipeline.params import load_params  # noqa: E402
 from weaving.datasets import class_splits, load_prepared, prepare  # noqa: E402
+from weaving_pipeline.params import load_params  # noqa: E402
 
 SUITE = ["mnist", "fashion_mnist", "optdigits", "ising", "cahn_hilliard", "textures"]
 CL_BENCHMARKS = {"mnist-s2": ("mnist", 2), "mnist-s5": ("mnist", 5),
@@ -188,7 +188,7 @@ def main() -> None:
             head = zeroshot_head(model, ds.classnames, ds.templates)
             cache = caches.get(name) or cache_eval_tensors(model, ds.split("test"))
             visual, times, vectors = pre_visual, [], []
-            for i, classes in enumerate(class_splits(ds.num_classes, n_splits, seed=args.seed)):
+            for classes in class_splits(ds.num_classes, n_splits, seed=args.seed):
                 with Timer() as t:
                     visual = finetune(model, head, ds.split("train"), seq_recipe, seed=args.seed,
                                       class_subset=classes, init_visual=visual, progress=False)

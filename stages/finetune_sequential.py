@@ -11,13 +11,10 @@ benchmark = params.cl_benchmarks[name]
 
 with stage(f"finetune_sequential@{model_name}-{name}"):
     import json
-    import shutil
-    import tempfile
-    from pathlib import Path
 
     import torch
 
-    from weaving.atomic import write_json
+    from weaving.atomic import atomic_dir, write_json
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import class_splits, load_prepared
     from weaving.io import load_state_dict
@@ -31,10 +28,7 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
     chunks = class_splits(dataset.num_classes, benchmark.splits, seed=benchmark.seed)
     train = dataset.split("train")
 
-    out = paths.sequential(model_name, name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
-    try:
+    with atomic_dir(paths.sequential(model_name, name)) as staging:
         previous, history = None, []
         for i, classes in enumerate(chunks):
             visual = finetune(model, head, train, recipe=recipe, seed=params.seed + i, class_subset=classes,
@@ -53,11 +47,6 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
             })
         if not is_main_process():
             raise SystemExit(0)
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     write_json(paths.metrics(model_name, "sequential", f"{name}.json"),
                {"benchmark": name, "dataset": benchmark.dataset, "splits": history,
                 "final_accuracy": history[-1]["accuracy_all"]})

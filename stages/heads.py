@@ -7,10 +7,9 @@ params, (model_name,) = stage_params({"model": lambda p: p.models})
 with stage(f"heads@{model_name}"):
     import json
 
-    import torch
     from tqdm.auto import tqdm
 
-    from weaving.atomic import atomic_path, write_json
+    from weaving.atomic import save_torch, write_json
     from weaving.clip import cache_eval_tensors, evaluate, load_pretrained, zeroshot_head
     from weaving.datasets import load_prepared
 
@@ -23,8 +22,7 @@ with stage(f"heads@{model_name}"):
         save_weights(paths.heads(model_name, name), {"weight": head.contiguous()},
                      metadata={"dataset": name, "classnames": json.dumps(dataset.classnames)})
         cache = cache_eval_tensors(model, dataset.split("test"))
-        with atomic_path(paths.test_cache(model_name, name)) as tmp:
-            torch.save(cache, tmp)
+        save_torch(paths.test_cache(model_name, name), cache)
         zeroshot[name] = round(evaluate(model, pretrained_visual, head, cache, batch_size=params.eval.batch_size), 4)
     write_json(paths.metrics(model_name, "zeroshot.json"), zeroshot)
     print(f"[heads@{model_name}] zero-shot accuracy: " + ", ".join(f"{k} {v:.1f}" for k, v in zeroshot.items()))

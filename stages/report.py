@@ -10,17 +10,14 @@ With --params, models, methods, profile, poolings (weave.poolings) and pool_over
 --metrics to metrics and --out to reports.
 
 Every metrics file is validated before anything is written; all outputs are built in memory,
-written into a staging folder inside --out, then moved into place (files with os.replace,
-the tables/, figures/ and plots/ folders swapped whole, so no stale file survives).
+moved into place with `weaving.atomic` (files renamed, the tables/, figures/ and plots/ folders
+built beside their targets and swapped whole, so no stale file survives).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,26 +64,24 @@ def fill_from_params(args: argparse.Namespace) -> None:
 
 
 def write_outputs(files: dict[str, bytes], out: Path) -> None:
-    """Write `files` ({relative path: bytes}) under `out`: staged, then moved into place."""
+    """Write `files` ({relative path: bytes}) under `out`: each top-level folder built whole beside
+    its target and swapped in (no stale file survives), each top-level file renamed into place."""
+    from weaving.atomic import atomic_dir, atomic_write, remove_leftovers
+
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out))
-    retired = Path(tempfile.mkdtemp(prefix=".report-old-", dir=out))
-    try:
-        for relative, data in files.items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        for entry in sorted(staging.iterdir()):
-            target = out / entry.name
-            if entry.is_dir():
-                if target.exists():
-                    os.replace(target, retired / entry.name)
-                os.replace(entry, target)
-            else:
-                os.replace(entry, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
+    remove_leftovers(out)
+    folders: dict[str, dict[Path, bytes]] = {}
+    for relative, data in files.items():
+        top, *rest = Path(relative).parts
+        if rest:
+            folders.setdefault(top, {})[Path(*rest)] = data
+        else:
+            atomic_write(out / top, lambda tmp, data=data: tmp.write_bytes(data))
+    for top, entries in sorted(folders.items()):
+        with atomic_dir(out / top) as staging:
+            for relative, data in entries.items():
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                (staging / relative).write_bytes(data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ params, (model_name,) = stage_params({"model": lambda p: p.models})
 
 with stage(f"taskvectors@{model_name}"):
     import json
-    from pathlib import Path
 
     import torch
 

@@ -9,7 +9,6 @@ pooling and pool_over. The woven models chosen by `weave.artifact` are kept unde
 from _common import compute_device, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.checkpoints import pipeline_task_vectors
-
 from weaving_pipeline.params import SETUPS, Params
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 SETUPS = ("mtl", "cl", "dg")
 RECOMMENDED_LAM = {"task_arithmetic": 0.3, "dare": 0.3, "breadcrumbs": 0.3, "magmax": 0.5,
@@ -25,7 +25,7 @@ DEFAULT_TASKS = {
 POOLINGS = ("avg", "random", "magmax")
 POOL_OVERS = ("all", "augmented")
 
-PerRecord = Union[float, Callable[[str, str, str], float]]
+PerRecord = float | Callable[[str, str, str], float]
 BestLambda = Callable[[str, str, str, int, list], float]
 
 
@@ -103,7 +103,7 @@ def make_run(models: Sequence[str] = ("tiny-clip",), setups: Sequence[str] = SET
                 peaks = {t: rng.uniform(60.0, 90.0) for t in names}
                 bests = {t: best_lambda(model, setup, method, i, lambdas) for i, t in enumerate(names)}
 
-                def at(lam: float, t: str) -> float:
+                def at(lam: float, t: str, peaks: dict = peaks, bests: dict = bests) -> float:
                     return _tent(peaks[t], bests[t], lam, slope)
 
                 baseline = {t: at(1.0, t) for t in names}
@@ -119,9 +119,9 @@ def make_run(models: Sequence[str] = ("tiny-clip",), setups: Sequence[str] = SET
                         weaving[p][o] = {t: round(min(100.0, max(0.0, woven_all[t] + shift)), 2) for t in names}
                 run.weave[(model, setup, method)] = {
                     "model": model, "setup": setup, "method": method, "hparams": {},
-                    "lambdas": lambdas, "recommended_lam": RECOMMENDED_LAM[method], "baseline_lam": 1.0,
+                    "lambdas": lambdas, "recommended_lam": RECOMMENDED_LAM.get(method, 1.0), "baseline_lam": 1.0,
                     "tasks": list(names), "baseline": baseline,
-                    "recommended": {t: at(RECOMMENDED_LAM[method], t) for t in names},
+                    "recommended": {t: at(RECOMMENDED_LAM.get(method, 1.0), t) for t in names},
                     "sweep": {t: [at(lam, t) for lam in lambdas] for t in names},
                     "weaving": weaving,
                 }

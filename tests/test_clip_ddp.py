@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from clip_fixtures import ArraySplit
+
 from weaving.clip import FinetuneRecipe, create_model, finetune, zeroshot_head
 
 pytestmark = pytest.mark.slow

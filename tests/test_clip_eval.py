@@ -10,9 +10,9 @@ import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from clip_fixtures import ArraySplit  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clip_fixtures import ArraySplit  # noqa: E402
 from weaving.clip import cache_eval_tensors, create_model, evaluate, mean_std_of, zeroshot_head  # noqa: E402
 from weaving.clip.preprocess import split_to_tensor, uint8_to_tensor  # noqa: E402
 

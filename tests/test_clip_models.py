@@ -59,8 +59,9 @@ def test_unknown_model_and_bad_pretrained_fail_before_work():
 def test_openai_weights_offline_fail_fast_with_clear_message():
     code = (
         "from weaving.clip import create_model\n"
+        "from weaving.errors import InputError\n"
         "try:\n    create_model('ViT-B-32', pretrained='openai')\n"
-        "except RuntimeError as err:\n    print('ERR', err)\n"
+        "except InputError as err:\n    print('ERR', err)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
     start = time.perf_counter()

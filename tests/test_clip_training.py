@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from clip_fixtures import ArraySplit  # noqa: E402
+
 from weaving.clip import (  # noqa: E402
     FinetuneRecipe,
     PretrainRecipe,

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from fixtures_datasets import FileServer, make_dtd, sha256
+
 from weaving.datasets import DATASETS, Artifact, DownloadError, download, load_prepared, prepare
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()

@@ -8,8 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-
 from fixtures_datasets import PAPER_MAKERS, archive_names, csv_rows, trust_fixture_archives
+
 from weaving.datasets import DatasetError, load_prepared, prepare
 from weaving.datasets.metadata import load_metadata
 

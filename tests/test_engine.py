@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import spec_reference as ref
 import torch
 
-import spec_reference as ref
 from weaving import METHODS, DictSource, InputError, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.engine import stream_merge
 

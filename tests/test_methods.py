@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import spec_reference as ref
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import spec_reference as ref
-from weaving import METHODS, ParamError, apply_task_vector, merge, task_vectors
-from weaving import quantile
+from weaving import METHODS, ParamError, apply_task_vector, merge, quantile, task_vectors
 from weaving.methods.base import ModelLayout
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +84,7 @@ def _check_against_reference(name: str, model, hparams: dict) -> None:
         got = merged[key]
         assert got.dtype == taus[0][key].dtype and got.shape == taus[0][key].shape, key
         tolerance = 1e-4 if got.dtype == torch.float32 else 1e-9
-        torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=tolerance, msg=lambda m: f"{name} {key}: {m}")
+        torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=tolerance, msg=lambda m, key=key: f"{name} {key}: {m}")
 
 
 @pytest.mark.parametrize("name", sorted(HPARAMS))

@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-
 from clip_fixtures import ArraySplit  # noqa: E402
 from project_copy import copy_project  # noqa: E402
+
 from weaving.clip import FinetuneRecipe, TrainingInterrupted, create_model, finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -56,7 +56,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
             for method in params["methods"]:
                 metrics = json.loads((repo / f"metrics/{model}/weave/{setup}/{method}.json").read_text())
                 assert set(metrics["baseline"]) == set(metrics["tasks"])
-                for task, sweep in metrics["sweep"].items():
+                for sweep in metrics["sweep"].values():
                     assert len(sweep) == len(metrics["lambdas"])
                     assert all(0.0 <= acc <= 100.0 for acc in sweep)
                 for pooling in params["weave"]["poolings"]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from import_closure import closure
+
 from weaving_pipeline import paths
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import spec_reference as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spec_reference as ref
 from weaving import METHODS, POOLINGS, ParamError, merge, task_vectors, weave, weave_from_merged
 
 LAMBDAS = st.lists(st.floats(-2.0, 2.5).map(lambda x: round(x, 2)), min_size=1, max_size=5)

@@ -6,11 +6,19 @@ import json
 import math
 
 import pytest
-
 from report_fixtures import concentrated_best_lambda, make_run, spread_best_lambda
+
 from weaving.report import load_metrics
-from weaving.report.claims import (FAILS, HOLDS, MIXED, UNTESTABLE, best_lambda_spread, check_claims, claims_json,
-                                   claims_markdown)
+from weaving.report.claims import (
+    FAILS,
+    HOLDS,
+    MIXED,
+    UNTESTABLE,
+    best_lambda_spread,
+    check_claims,
+    claims_json,
+    claims_markdown,
+)
 
 SETUPS = ("mtl", "cl", "dg")
 

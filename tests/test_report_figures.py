@@ -9,8 +9,8 @@ from statistics import mean
 import matplotlib.image
 import numpy as np
 import pytest
-
 from report_fixtures import concentrated_best_lambda, make_run
+
 from weaving.report import load_metrics
 from weaving.report.figures import all_figures
 from weaving.report.plot_data import all_plot_data

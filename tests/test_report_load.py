@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from report_fixtures import make_run
+
 from weaving.errors import ParamError
 from weaving.report import MetricsError, load_metrics
 

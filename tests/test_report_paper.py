@@ -7,8 +7,8 @@ import io
 from statistics import mean
 
 import pytest
-
 from report_fixtures import make_run
+
 from weaving.report import load_metrics
 from weaving.report.paper import paper_comparison, paper_results
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from report_fixtures import make_run
 
 ROOT = Path(__file__).resolve().parent.parent

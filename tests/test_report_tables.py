@@ -8,8 +8,8 @@ import json
 from statistics import mean
 
 import pytest
-
 from report_fixtures import make_run
+
 from weaving.report import load_metrics
 from weaving.report.summary import summary
 from weaving.report.tables import oracle_table, per_dataset_tables, table1, table2, table3

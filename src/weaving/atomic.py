@@ -1,20 +1,28 @@
-"""Atomic file writes: write beside the target, then rename, so no half-written output survives."""
+"""Atomic file and folder writes: build beside the target, then rename, so no half-written output survives.
+
+Every file the project writes goes through here. Temporary names start with a dot and end in
+`.tmp` (files and folders being built) or `.old` (a replaced folder being deleted), beside the
+target; `.gitignore` and `.dvcignore` cover them, and `remove_leftovers` deletes those of an
+earlier, killed run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
-    On any exception the temporary file (or folder) is removed and ``target`` is untouched.
+    On any exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +37,64 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json(target: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (keys in insertion order, newline at the end)."""
+@contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target`` whole.
+
+    A previous ``target`` is moved aside first and deleted after the swap, so readers see the
+    old folder or the new one, never a mix. On any exception the staging folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, trash / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``."""
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        write(tmp)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (keys in insertion order, newline at the end)."""
+    atomic_write(target, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def save_torch(target: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` atomically."""
+    import torch
+
+    atomic_write(target, lambda tmp: torch.save(obj, tmp))
+
+
+def save_safetensors(target: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (made contiguous, on CPU) as safetensors atomically."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(target, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders (``.*.tmp``, ``.*.old``) a killed run left in ``folder``."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+    return removed

@@ -18,8 +18,8 @@ builder below, and ``build_scenarios`` calls it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from torch import Tensor
 

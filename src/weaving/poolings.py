@@ -32,7 +32,6 @@ from weaving.methods.base import keyed_generator
 from weaving.methods.magmax import last_argmax_abs, pick
 
 
-
 def build_members(taus: torch.Tensor, merged: torch.Tensor, lambdas: torch.Tensor, pool_over: str) -> torch.Tensor:
     """The stacked members `[N, *shape]` (Algorithm 1, lines 7-10)."""
     scaled = lambdas.view(-1, *([1] * merged.ndim)) * merged

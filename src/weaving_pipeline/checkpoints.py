@@ -15,9 +15,8 @@ def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[
     one per sequential split (cl), named ``<benchmark>/split_<i>``, each against theta_pre.
     """
     from weaving import task_vectors
-    from weaving.io import load_state_dict
-
     from weaving.catalogue import SETUP_ENTRIES
+    from weaving.io import load_state_dict
 
     pretrained = load_state_dict(paths.pretrained_visual(model_name))
     files: dict[str, Path] = {}

@@ -92,7 +92,7 @@ class FinetuneParams(FinetuneRecipe):
         return fields
 
     @model_validator(mode="after")
-    def _overrides_are_recipes(self) -> "FinetuneParams":
+    def _overrides_are_recipes(self) -> FinetuneParams:
         for task in self.per_task:
             try:
                 self.recipe_for(task)
@@ -171,7 +171,7 @@ class Params(_Strict):
     weave: WeaveParams
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Params":
+    def _consistent(self) -> Params:
         _require_subset("models", self.models, "model_specs", self.model_specs)
         _require_subset("suite.cl", self.suite.cl, "cl_benchmarks", self.cl_benchmarks)
         _require_subset("methods", self.methods, "method_params", self.method_params)

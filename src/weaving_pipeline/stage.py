@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from weaving.errors import WeavingError
-from weaving_pipeline import paths
 from weaving_pipeline.params import Params, ParamsError, load_params
 
 

@@ -13,18 +13,19 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from weaving.clip._io import save_torch_atomic
+from weaving.atomic import save_torch
 from weaving.clip.recipes import _Recipe
+from weaving.errors import InputError
 
 CHECKPOINT_FILE = "last.pt"
 
@@ -176,7 +177,7 @@ def train_loop(
     if ckpt_path is not None and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["fingerprint"] != fingerprint:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {ckpt_path} belongs to a different run; delete it or use another checkpoint_dir.\n"
                 f"  checkpoint: {state['fingerprint']}\n  this run:   {fingerprint}"
             )
@@ -190,7 +191,8 @@ def train_loop(
 
     def save(step_done: int) -> None:
         if ctx.is_writer:
-            save_torch_atomic(
+            save_torch(
+                ckpt_path,
                 {
                     "fingerprint": fingerprint,
                     "step": step_done,
@@ -201,7 +203,6 @@ def train_loop(
                     "rng_cpu": torch.get_rng_state(),
                     "losses": log.losses,
                 },
-                ckpt_path,
             )
         if ctx.world_size > 1:
             dist.barrier()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from weaving.clip._checks import check_class_subset, check_head, check_labels, check_visual_state, subset_selection
+from weaving.errors import InputError
 
 
 @torch.inference_mode()
@@ -40,10 +41,10 @@ def evaluate(
     """
     head = check_head(model, head)
     if "images" not in cache or "labels" not in cache:
-        raise ValueError(f"cache must hold 'images' and 'labels', got keys {sorted(cache)}")
+        raise InputError(f"cache must hold 'images' and 'labels', got keys {sorted(cache)}")
     images, labels = cache["images"], cache["labels"]
     if len(images) != len(labels):
-        raise ValueError(f"cache has {len(images)} images but {len(labels)} labels")
+        raise InputError(f"cache has {len(images)} images but {len(labels)} labels")
     check_labels(labels, head.shape[0], "evaluate cache")
     subset = check_class_subset(class_subset, head.shape[0])
     if visual_sd is not None:
@@ -51,7 +52,7 @@ def evaluate(
         model.visual.load_state_dict(visual_sd)
     keep, targets = subset_selection(labels, subset, head.shape[0])
     if len(keep) == 0:
-        raise ValueError(f"no test examples of classes {subset} in the cache")
+        raise InputError(f"no test examples of classes {subset} in the cache")
     if subset is not None:
         images, head = images[keep], head[subset]
     model.visual.eval()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from weaving.clip._train import (
 from weaving.clip.models import image_size_of
 from weaving.clip.preprocess import Split, SplitImages, model_uint8_to_tensor, split_uint8_images
 from weaving.clip.recipes import FinetuneRecipe
+from weaving.errors import InputError, ParamError
 
 __all__ = ["finetune", "TrainingInterrupted"]
 
@@ -78,15 +79,15 @@ def finetune(
     subset = check_class_subset(class_subset, num_classes)
     keep, train_labels = subset_selection(labels, subset, num_classes)
     if len(keep) == 0:
-        raise ValueError(f"no training examples{'' if subset is None else f' of classes {subset}'} in the split")
+        raise InputError(f"no training examples{'' if subset is None else f' of classes {subset}'} in the split")
     if init_visual is not None:
         check_visual_state(model, init_visual, "init_visual")
     ctx = distributed_context()
     if recipe.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the world size {ctx.world_size}")
+        raise ParamError(f"batch_size {recipe.batch_size} is not divisible by the world size {ctx.world_size}")
     total_steps = recipe.total_steps(len(keep), ctx.world_size)
     if recipe.warmup_steps >= total_steps:
-        raise ValueError(f"warmup_steps {recipe.warmup_steps} must be below the {total_steps} training steps")
+        raise ParamError(f"warmup_steps {recipe.warmup_steps} must be below the {total_steps} training steps")
 
     device = resolve_device(device, ctx)
     visual = copy.deepcopy(model.visual).float()

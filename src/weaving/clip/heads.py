@@ -5,16 +5,18 @@ from __future__ import annotations
 import open_clip
 import torch
 
+from weaving.errors import InputError
+
 
 def captions_for(classnames: list[str], templates: list[str]) -> list[str]:
     """All `template.format(classname)`, class-major: captions[c * T + t]."""
     if not classnames:
-        raise ValueError("classnames is empty")
+        raise InputError("classnames is empty")
     if not templates:
-        raise ValueError("templates is empty")
+        raise InputError("templates is empty")
     bad = [t for t in templates if "{}" not in t]
     if bad:
-        raise ValueError(f"templates must contain '{{}}' where the class name goes; these do not: {bad}")
+        raise InputError(f"templates must contain '{{}}' where the class name goes; these do not: {bad}")
     return [t.format(c) for c in classnames for t in templates]
 
 

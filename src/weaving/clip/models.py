@@ -17,7 +17,8 @@ import torch
 from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import load_file
 
-from weaving.clip._io import save_json_atomic, save_safetensors_atomic
+from weaving.atomic import save_safetensors, write_json
+from weaving.errors import InputError, ParamError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 EMBEDDED_MODELS: tuple[str, ...] = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -48,7 +49,7 @@ def create_model(
     register_embedded_configs()
     available = open_clip.list_models()
     if model_name not in available:
-        raise ValueError(
+        raise ParamError(
             f"unknown model {model_name!r}: embedded configs are {list(EMBEDDED_MODELS)} "
             f"(from {CONFIG_DIR}); open_clip also knows {len(available)} names, e.g. ViT-B-32, ViT-B-16, ViT-L-14"
         )
@@ -62,7 +63,7 @@ def create_model(
             if pretrained is None:
                 raise
             offline = os.environ.get("HF_HUB_OFFLINE", "")
-            raise RuntimeError(
+            raise InputError(
                 f"could not load pretrained weights {pretrained!r} for {model_name!r} "
                 f"(HF_HUB_OFFLINE={offline!r}; the weights must be downloadable or already in the "
                 f"Hugging Face cache): {err}"
@@ -72,7 +73,7 @@ def create_model(
 
 def _check_pretrained_source(model_name: str, pretrained: str) -> None:
     if model_name in EMBEDDED_MODELS:
-        raise ValueError(
+        raise ParamError(
             f"no published weights exist for the embedded model {model_name!r}; create it with "
             f"pretrained=None and pretrain it (weaving.clip.pretrain), or load a saved folder with load_pretrained"
         )
@@ -80,7 +81,7 @@ def _check_pretrained_source(model_name: str, pretrained: str) -> None:
         return
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:
-        raise ValueError(f"unknown pretrained tag {pretrained!r} for {model_name!r}: valid tags are {tags}")
+        raise ParamError(f"unknown pretrained tag {pretrained!r} for {model_name!r}: valid tags are {tags}")
 
 
 def model_config(model_name: str) -> dict:
@@ -88,7 +89,7 @@ def model_config(model_name: str) -> dict:
     register_embedded_configs()
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
-        raise ValueError(f"no open_clip config for {model_name!r}")
+        raise ParamError(f"no open_clip config for {model_name!r}")
     return cfg
 
 
@@ -97,7 +98,7 @@ def image_size_of(model: torch.nn.Module) -> int:
     size = model.visual.image_size
     if isinstance(size, (tuple, list)):
         if size[0] != size[1]:
-            raise ValueError(f"non-square image size {tuple(size)} is not supported")
+            raise ParamError(f"non-square image size {tuple(size)} is not supported")
         size = size[0]
     return int(size)
 
@@ -113,17 +114,17 @@ def save_pretrained(model: torch.nn.Module, model_name: str, out_dir: str | os.P
     cfg = model_config(model_name)
     embed_dim = model.visual.output_dim
     if cfg["embed_dim"] != embed_dim or image_size_of(model) != _config_image_size(cfg):
-        raise ValueError(
+        raise ParamError(
             f"model does not match config {model_name!r}: embed_dim {embed_dim} vs {cfg['embed_dim']}, "
             f"image size {image_size_of(model)} vs {_config_image_size(cfg)}"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"model_name": model_name}
-    save_safetensors_atomic(model.state_dict(), out / WEIGHTS_FILE, metadata)
-    save_safetensors_atomic(model.visual.state_dict(), out / VISUAL_FILE, metadata)
+    save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata)
+    save_safetensors(out / VISUAL_FILE, model.visual.state_dict(), metadata)
     preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in get_model_preprocess_cfg(model).items()}
-    save_json_atomic({"model_cfg": cfg, "preprocess_cfg": preprocess, "model_name": model_name}, out / CONFIG_FILE)
+    write_json(out / CONFIG_FILE, {"model_cfg": cfg, "preprocess_cfg": preprocess, "model_name": model_name})
 
 
 def _config_image_size(cfg: dict) -> int:

@@ -18,6 +18,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from tqdm.auto import tqdm
 
 from weaving.clip.models import image_size_of, mean_std_of
+from weaving.errors import InputError
 
 
 class Split(Protocol):
@@ -49,12 +50,12 @@ def uint8_to_tensor(
 ) -> torch.Tensor:
     """`[N, H, W, C]` uint8 (C = 1 or 3) -> float32 `[N, 3, S, S]` normalised model input."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"expected a uint8 array [N, H, W, C], got {type(images).__name__} "
             f"{getattr(images, 'dtype', '?')} shape {getattr(images, 'shape', '?')}"
         )
     if images.shape[3] not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels (last axis), got shape {images.shape}")
+        raise InputError(f"expected 1 or 3 channels (last axis), got shape {images.shape}")
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     out = torch.empty((len(images), 3, image_size, image_size), dtype=torch.float32)
@@ -113,5 +114,5 @@ def cache_eval_tensors(model: torch.nn.Module, split: Split, progress: bool = Fa
     labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64)
     images = split_to_tensor(model, split, progress=progress)
     if len(images) != len(labels):
-        raise ValueError(f"split has {len(images)} images but {len(labels)} labels")
+        raise InputError(f"split has {len(images)} images but {len(labels)} labels")
     return {"images": images.to(torch.float16), "labels": labels}

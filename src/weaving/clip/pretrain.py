@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from weaving.clip.heads import captions_for, tokenize_for
 from weaving.clip.models import image_size_of
 from weaving.clip.preprocess import Split, model_uint8_to_tensor, split_uint8_images
 from weaving.clip.recipes import PretrainRecipe
+from weaving.errors import InputError, ParamError
 
 POOL_SPLIT = "pretrain"
 
@@ -93,26 +95,26 @@ def pretrain(
 ) -> dict:
     """Pretrain `model` in place on the pooled `pretrain` splits; returns {"losses", "steps", "seconds", ...}."""
     if not datasets:
-        raise ValueError("pretrain needs at least one dataset")
+        raise InputError("pretrain needs at least one dataset")
     splits = []
     for ds in datasets:
         split = ds.split(POOL_SPLIT)
         images = split_uint8_images(split)
         if images is None:
-            raise ValueError(f"dataset {ds.name!r}: pretraining needs uint8 array splits, its {POOL_SPLIT!r} split is files")
+            raise InputError(f"dataset {ds.name!r}: pretraining needs uint8 array splits, its {POOL_SPLIT!r} split is files")
         labels = np.asarray(split.labels, dtype=np.int64)
         if len(labels) and (labels.min() < 0 or labels.max() >= len(ds.classnames)):
-            raise ValueError(f"dataset {ds.name!r}: labels outside [0, {len(ds.classnames)})")
+            raise InputError(f"dataset {ds.name!r}: labels outside [0, {len(ds.classnames)})")
         splits.append((images, labels))
     total_images = sum(len(labels) for _, labels in splits)
     if total_images == 0:
-        raise ValueError(f"the {POOL_SPLIT!r} splits of {[ds.name for ds in datasets]} are all empty")
+        raise InputError(f"the {POOL_SPLIT!r} splits of {[ds.name for ds in datasets]} are all empty")
     ctx = distributed_context()
     if ctx.world_size > 1:
-        raise ValueError("pretrain runs in a single process; launch it without torchrun")
+        raise ParamError("pretrain runs in a single process; launch it without torchrun")
     total_steps = recipe.total_steps(total_images)
     if recipe.warmup_steps >= total_steps:
-        raise ValueError(f"warmup_steps {recipe.warmup_steps} must be below the {total_steps} training steps")
+        raise ParamError(f"warmup_steps {recipe.warmup_steps} must be below the {total_steps} training steps")
 
     device = resolve_device(device, ctx)
     captions = _CaptionPool(model, datasets)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class FilePool:
         return np.asarray(self.paths, dtype=str)
 
 
-Pool = Union[ArrayPool, FilePool]
+Pool = ArrayPool | FilePool
 
 
 @dataclass

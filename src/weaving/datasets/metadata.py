@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from weaving.datasets.base import DatasetError
@@ -27,7 +27,7 @@ class ClassMetadata:
     extra: dict
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(name: str) -> dict:
     path = METADATA_DIR / f"{name}.json"
     if not path.is_file():

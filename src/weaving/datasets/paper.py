@@ -199,7 +199,7 @@ def _sun397_class(line: str) -> str:
 
 def read_sun397(root: Path, seed: int = 0) -> RawDataset:
     """SUN397: ``SUN397/<l>/<class>[/<sub>]/sun_*.jpg``, ``ClassName.txt`` (label order) and partition lists."""
-    base = _need(root / "SUN397", "sun397", "folder SUN397 (from SUN397.tar.gz)")
+    _need(root / "SUN397", "sun397", "folder SUN397 (from SUN397.tar.gz)")
     names_file = _first_existing(root, ("SUN397/ClassName.txt", "ClassName.txt", "Partitions/ClassName.txt"),
                                  "sun397", "ClassName.txt")
     archive_names = _lines(names_file)

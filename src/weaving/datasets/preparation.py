@@ -18,8 +18,8 @@ Within a split, images keep their source order.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

@@ -18,12 +18,12 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from weaving.atomic import atomic_dir
 from weaving.datasets.base import DatasetError
 
 FORMATS = ("npz", "files")
@@ -78,32 +78,19 @@ def _write_csv(folder: Path, split: str, payload: FileSplitPayload, progress: bo
 def write_prepared(out_dir: str | Path, meta: dict,
                    splits: dict[str, ArraySplitPayload | FileSplitPayload], progress: bool = False) -> None:
     """Write ``meta`` and every split into ``out_dir``, replacing it only once everything is written."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as staging:
         for split, payload in splits.items():
             if isinstance(payload, ArraySplitPayload):
                 _write_npz(staging / f"{split}.npz", payload)
             else:
                 _write_csv(staging, split, payload, progress)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, trash / out_dir.name)
-            os.replace(staging, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class SplitData:
     """One prepared split: ``len()``, ``labels`` (int64), ``uint8_images()`` (npz), ``pil(i)`` (both)."""
 
-    def __init__(self, dataset: "PreparedDataset", name: str) -> None:
+    def __init__(self, dataset: PreparedDataset, name: str) -> None:
         self.dataset = dataset
         self.name = name
         self._images: np.ndarray | None = None

@@ -9,9 +9,9 @@ see SOURCES.md) and unpack its archives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from weaving.datasets import offline, paper
 from weaving.datasets.archives import already_extracted, extract, is_archive

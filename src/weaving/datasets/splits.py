@@ -7,7 +7,7 @@ two items); consecutive segments of it are disjoint by construction.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -116,7 +116,7 @@ class MethodRun(ABC):
         """See one key's stacked task vectors during a statistics pass."""
         raise NotImplementedError(f"{type(self).__name__} makes no statistics pass")
 
-    def end_pass(self) -> None:
+    def end_pass(self) -> None:  # noqa: B027 (a hook: most runs need no end-of-pass work)
         """Close the current statistics pass (every key has been observed once)."""
 
     @abstractmethod

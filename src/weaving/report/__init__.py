@@ -5,8 +5,16 @@
 """
 
 from weaving.report.build import build_report
-from weaving.report.load import (METHODS, POOL_OVERS, POOLINGS, SETUPS, MetricsError, RunMetrics, WeaveMetrics,
-                                 load_metrics)
+from weaving.report.load import (
+                                 METHODS,
+                                 POOL_OVERS,
+                                 POOLINGS,
+                                 SETUPS,
+                                 MetricsError,
+                                 RunMetrics,
+                                 WeaveMetrics,
+                                 load_metrics,
+)
 
 __all__ = ["build_report", "load_metrics", "MetricsError", "RunMetrics", "WeaveMetrics",
            "METHODS", "SETUPS", "POOLINGS", "POOL_OVERS"]

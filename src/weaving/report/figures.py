@@ -10,7 +10,7 @@ import io
 import math
 import sys
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -21,8 +21,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from weaving.report import plot_data  # noqa: E402
 from weaving.catalogue import POOLING_ENTRIES, SETUP_ENTRIES  # noqa: E402
+from weaving.report import plot_data  # noqa: E402
 from weaving.report.load import RunMetrics, SimilarityMatrix  # noqa: E402
 from weaving.report.tables import method_label, safe_name  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from weaving.report.claims import Claim, claims_html
 from weaving.report.paper import Comparison

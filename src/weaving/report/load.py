@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from weaving.catalogue import METHOD_ENTRIES, POOL_OVER, POOLING_ENTRIES, SETUP_ENTRIES
 from weaving.errors import InputError, ParamError, choices

@@ -12,7 +12,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from statistics import fmean
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from weaving.catalogue import SETUP_ENTRIES, method_label
 from weaving.report.load import RunMetrics, WeaveMetrics
@@ -25,7 +25,7 @@ class Label(NamedTuple):
     key: str
 
 
-Cell = Union[str, float, Label, None]
+Cell = str | float | Label | None
 
 SETUP_SHORT = {name: entry.short for name, entry in SETUP_ENTRIES.items()}
 
