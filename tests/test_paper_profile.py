@@ -26,7 +26,7 @@ PAPER = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
 def expected_stages(params: dict) -> set[str]:
     """Every stage the paper needs, written out independently of dvc.yaml's templates."""
     models, methods = params["models"], params["methods"]
-    stages = {f"data@{d}" for d in params["datasets"]} | {"report"}
+    stages = {f"data@{d}" for d in params["datasets"]} | {"params", "report"}
     for m in models:
         stages |= {f"pretrain@{m}", f"heads@{m}", f"taskvectors@{m}"}
         stages |= {f"finetune@{m}-{t}" for t in params["suite"]["mtl"]}

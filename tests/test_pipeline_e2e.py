@@ -113,10 +113,22 @@ def test_changing_the_ties_search_space_reruns_only_ties(repo: Path) -> None:
     finally:
         params_path.write_text(original)
     ties_stages = {f"weave@tiny-clip-{s}-ties" for s in ("mtl", "cl", "dg")}
-    assert invalidated == ties_stages
-    assert ran == ties_stages | {"report"}
+    assert invalidated == ties_stages | {"params"}
+    assert ran == ties_stages | {"params", "report"}
     metrics = json.loads((repo / "metrics/tiny-clip/weave/mtl/ties.json").read_text())
     assert metrics["lambdas"] == pytest.approx([0.4, 0.8, 1.2])
+
+
+def test_a_misspelled_key_no_stage_tracks_stops_repro(repo: Path) -> None:
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params_path.write_text(original + "sead: 1\n")
+    try:
+        result = run(["dvc", "repro"], repo, check=False)
+    finally:
+        params_path.write_text(original)
+    assert result.returncode != 0
+    assert "sead: unknown key" in result.stderr + result.stdout
 
 
 def test_editing_a_library_module_invalidates_every_stage_that_imports_it(repo: Path) -> None:

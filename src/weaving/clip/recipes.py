@@ -33,6 +33,8 @@ class _Recipe(BaseModel):
     def _one_length(self):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
+        if self.steps is not None and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below steps {self.steps}")
         return self
 
     def total_steps(self, num_examples: int, world_size: int = 1) -> int:
