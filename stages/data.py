@@ -2,9 +2,10 @@
 
 from _common import paths, stage, stage_params
 
-params, (name,) = stage_params({"dataset": lambda p: p.datasets})
+from weaving_pipeline.params import Params
 
-with stage(f"data@{name}"):
+
+def prepare_dataset(params: Params, name: str) -> None:
     from weaving.datasets import prepare
 
     meta = prepare(
@@ -19,3 +20,13 @@ with stage(f"data@{name}"):
     )
     sizes = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
     print(f"[data@{name}] {meta['num_classes']} classes; {sizes}")
+
+
+def main() -> None:
+    params, (name,) = stage_params({"dataset": lambda p: p.datasets})
+    with stage(f"data@{name}"):
+        prepare_dataset(params, name)
+
+
+if __name__ == "__main__":
+    main()

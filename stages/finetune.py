@@ -2,9 +2,10 @@
 
 from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
 
-params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
+from weaving_pipeline.params import Params
 
-with stage(f"finetune@{model_name}-{task}"):
+
+def finetune_task(params: Params, model_name: str, task: str) -> None:
     import json
     import time
 
@@ -33,3 +34,13 @@ with stage(f"finetune@{model_name}-{task}"):
     write_json(paths.metrics(model_name, "finetune", f"{task}.json"),
                {"task": task, "accuracy": round(accuracy, 4), "train_images": len(train), "seconds": round(seconds, 1)})
     print(f"[finetune@{model_name}-{task}] test accuracy {accuracy:.2f}% ({len(train)} training images)")
+
+
+def main() -> None:
+    params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
+    with stage(f"finetune@{model_name}-{task}"):
+        finetune_task(params, model_name, task)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,10 +6,10 @@ classes; each split's checkpoint is kept, its task vector is taken against theta
 
 from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
 
-params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
-benchmark = params.cl_benchmarks[name]
+from weaving_pipeline.params import Params
 
-with stage(f"finetune_sequential@{model_name}-{name}"):
+
+def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
     import json
 
     import torch
@@ -19,6 +19,7 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
     from weaving.datasets import class_splits, load_prepared
     from weaving.io import load_state_dict
 
+    benchmark = params.cl_benchmarks[name]
     recipe_fields = params.sequential.recipe_for(benchmark.dataset)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
@@ -51,3 +52,13 @@ with stage(f"finetune_sequential@{model_name}-{name}"):
                {"benchmark": name, "dataset": benchmark.dataset, "splits": history,
                 "final_accuracy": history[-1]["accuracy_all"]})
     print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1]['accuracy_all']:.2f}% on all classes")
+
+
+def main() -> None:
+    params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
+    with stage(f"finetune_sequential@{model_name}-{name}"):
+        finetune_benchmark(params, model_name, name)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,10 @@
 
 from _common import compute_device, paths, save_weights, stage, stage_params
 
-params, (model_name,) = stage_params({"model": lambda p: p.models})
+from weaving_pipeline.params import Params
 
-with stage(f"heads@{model_name}"):
+
+def make_heads(params: Params, model_name: str) -> None:
     import json
 
     from tqdm.auto import tqdm
@@ -26,3 +27,13 @@ with stage(f"heads@{model_name}"):
         zeroshot[name] = round(evaluate(model, pretrained_visual, head, cache, batch_size=params.eval.batch_size), 4)
     write_json(paths.metrics(model_name, "zeroshot.json"), zeroshot)
     print(f"[heads@{model_name}] zero-shot accuracy: " + ", ".join(f"{k} {v:.1f}" for k, v in zeroshot.items()))
+
+
+def main() -> None:
+    params, (model_name,) = stage_params({"model": lambda p: p.models})
+    with stage(f"heads@{model_name}"):
+        make_heads(params, model_name)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,14 +7,15 @@ test data); `pretrained: openai` takes open_clip's OpenAI weights instead (paper
 
 from _common import paths, stage, stage_params
 
-params, (model_name,) = stage_params({"model": lambda p: p.models})
-spec = params.model_specs[model_name]
+from weaving_pipeline.params import Params
 
-with stage(f"pretrain@{model_name}"):
+
+def pretrain_model(params: Params, model_name: str) -> None:
     from weaving.atomic import write_json
     from weaving.clip import create_model, pretrain, save_pretrained
     from weaving.datasets import load_prepared
 
+    spec = params.model_specs[model_name]
     if spec.pretrained == "openai":
         model = create_model(spec.arch, pretrained="openai")
         log = {"source": "openai", "arch": spec.arch}
@@ -25,3 +26,13 @@ with stage(f"pretrain@{model_name}"):
         log = {"source": "pipeline", "arch": spec.arch, **pretrain(model, datasets=datasets, recipe=recipe, seed=params.seed)}
     save_pretrained(model, spec.arch, paths.pretrained(model_name))
     write_json(paths.metrics(model_name, "pretrain.json"), log)
+
+
+def main() -> None:
+    params, (model_name,) = stage_params({"model": lambda p: p.models})
+    with stage(f"pretrain@{model_name}"):
+        pretrain_model(params, model_name)
+
+
+if __name__ == "__main__":
+    main()

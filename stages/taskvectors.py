@@ -8,10 +8,10 @@ report to set beside the merged ones).
 from _common import paths, stage, stage_params
 
 from weaving_pipeline.checkpoints import pipeline_task_vectors
+from weaving_pipeline.params import Params
 
-params, (model_name,) = stage_params({"model": lambda p: p.models})
 
-with stage(f"taskvectors@{model_name}"):
+def task_vector_metrics(params: Params, model_name: str) -> None:
     import json
 
     import torch
@@ -45,3 +45,13 @@ with stage(f"taskvectors@{model_name}"):
         reference["cl"][benchmark] = {"zeroshot": zeroshot[seq["dataset"]], "sequential_final": seq["final_accuracy"]}
     write_json(metrics / "reference.json", reference)
     print(f"[taskvectors@{model_name}] {len(individual)} individual, {len(sequential)} sequential task vectors")
+
+
+def main() -> None:
+    params, (model_name,) = stage_params({"model": lambda p: p.models})
+    with stage(f"taskvectors@{model_name}"):
+        task_vector_metrics(params, model_name)
+
+
+if __name__ == "__main__":
+    main()
