@@ -119,14 +119,26 @@ def test_resume_after_simulated_kill_gives_identical_weights(model, head, tmp_pa
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(model, head, tmp_path):
+def test_a_checkpoint_of_another_run_is_discarded_and_training_starts_fresh(model, head, tmp_path, capsys):
+    """Issue 10: a changed recipe says so, discards the stale checkpoint, and trains from step 0."""
     split = stripes(64, 4, seed=3)
     with pytest.raises(TrainingInterrupted):
         finetune(model, head, split, recipe(checkpoint_every=2), seed=0, checkpoint_dir=tmp_path,
                  progress=False, max_steps_this_run=3)
-    with pytest.raises(ValueError, match="belongs to a different run"):
-        finetune(model, head, split, recipe(checkpoint_every=2, lr=2e-3), seed=0, checkpoint_dir=tmp_path,
-                 progress=False)
+    changed = recipe(checkpoint_every=2, lr=2e-3)
+    fresh = finetune(model, head, split, changed, seed=0, progress=False)
+    resumed = finetune(model, head, split, changed, seed=0, checkpoint_dir=tmp_path, progress=False)
+    assert "belongs to a different run" in capsys.readouterr().err
+    assert all(torch.equal(fresh[k], resumed[k]) for k in fresh)
+
+
+def test_an_unreadable_checkpoint_is_discarded(model, head, tmp_path, capsys):
+    split = stripes(64, 4, seed=3)
+    (tmp_path / "last.pt").write_bytes(b"truncated")
+    fresh = finetune(model, head, split, recipe(checkpoint_every=2), seed=0, progress=False)
+    resumed = finetune(model, head, split, recipe(checkpoint_every=2), seed=0, checkpoint_dir=tmp_path, progress=False)
+    assert "cannot be read" in capsys.readouterr().err
+    assert all(torch.equal(fresh[k], resumed[k]) for k in fresh)
 
 
 def test_class_subset_trains_on_that_subset_only(model, head):

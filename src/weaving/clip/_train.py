@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -128,6 +129,26 @@ def state_digest(tensors: Iterable[torch.Tensor]) -> str:
     return f"{total:.10e}/{squares:.10e}"
 
 
+def _resumable_state(ckpt_path: Path | None, fingerprint: str) -> dict | None:
+    """The checkpoint to resume from, or None to start fresh.
+
+    A checkpoint of a different run (recipe, data or seed changed) or one that cannot be read
+    (a kill during its write) is discarded with a message on stderr: it can never be resumed.
+    """
+    if ckpt_path is None or not ckpt_path.is_file():
+        return None
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        reason = None if state.get("fingerprint") == fingerprint else "belongs to a different run (recipe, data or seed changed)"
+    except Exception as error:  # noqa: BLE001 (any unreadable checkpoint is discarded, never trusted)
+        state, reason = None, f"cannot be read ({type(error).__name__}: {error})"
+    if reason is None:
+        return state
+    print(f"note: resume checkpoint {ckpt_path} {reason}; discarding it and starting fresh", file=sys.stderr)
+    ckpt_path.unlink(missing_ok=True)
+    return None
+
+
 def fingerprint_of(**fields) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
@@ -174,13 +195,8 @@ def train_loop(
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     step = 0
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != fingerprint:
-            raise InputError(
-                f"checkpoint {ckpt_path} belongs to a different run; delete it or use another checkpoint_dir.\n"
-                f"  checkpoint: {state['fingerprint']}\n  this run:   {fingerprint}"
-            )
+    state = _resumable_state(ckpt_path, fingerprint)
+    if state is not None:
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
