@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from weaving.atomic import save_torch
 from weaving.clip.recipes import _Recipe
-from weaving.errors import InputError
 
 CHECKPOINT_FILE = "last.pt"
 
