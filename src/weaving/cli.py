@@ -272,6 +272,7 @@ def check_device(args: argparse.Namespace) -> None:
 def finite_outputs(stream: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
     """Pass the stream through, refusing a floating-point tensor holding NaN or inf."""
     for key, tensor in stream:
+        check_signals()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise InputError(f"merged tensor {key!r} holds NaN or inf; check the inputs' {key!r}")
         yield key, tensor
@@ -517,33 +518,51 @@ class Terminated(BaseException):
     """SIGTERM received: raised in the main thread so every ``finally`` and cleanup runs."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+_SIGNALS = {signal.SIGINT: (KeyboardInterrupt, 130, "interrupted"), signal.SIGTERM: (Terminated, 143, "terminated (SIGTERM)")}
+_received: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Record the signal, then raise its exception. The record matters: an exception raised
+    while a library (safetensors, torch) is inside native code may reach us as another error."""
+    _received.append(signum)
+    raise _SIGNALS[signal.Signals(signum)][0]()
+
+
+def check_signals() -> None:
+    """Raise the exception of a signal received earlier whose exception was swallowed on the way."""
+    if _received:
+        raise _SIGNALS[signal.Signals(_received[0])][0]()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 bad input, 2 bad request,
     130 after Ctrl-C, 143 after SIGTERM: both leave no output or temporary file)."""
     parser = build_parser()
-    previous = signal.getsignal(signal.SIGTERM)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS} if in_main_thread else {}
+    for signum in previous:
+        signal.signal(signum, _on_signal)
+    _received.clear()
     try:
-        args = parser.parse_args(argv)
-        if args.list or args.command == "methods":
-            print(describe_methods())
+        try:
+            args = parser.parse_args(argv)
+            if args.list or args.command == "methods":
+                print(describe_methods())
+                return 0
+            if args.command is None:
+                raise UsageError(f"a command is required: merge, weave, run or methods (see '{PROG} --help')")
+            handler = getattr(args, "handler", None)
+            if handler is not None:
+                handler(args)
+            elif args.command == "run":
+                run_merge_file(args)
+            else:
+                run_merge(args)
             return 0
-        if args.command is None:
-            raise UsageError(f"a command is required: merge, weave, run or methods (see '{PROG} --help')")
-        handler = getattr(args, "handler", None)
-        if handler is not None:
-            handler(args)
-        elif args.command == "run":
-            run_merge_file(args)
-        else:
-            run_merge(args)
-        return 0
+        except BaseException:
+            check_signals()  # a signal's exception, possibly turned into another one on the way
+            raise
     except SystemExit as exit_request:  # --help and --version
         return int(exit_request.code or 0)
     except (UsageError, ParamError) as error:
@@ -556,15 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"{PROG}: error: terminated (SIGTERM); no output written", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as stop:
+        _, status, what = next(v for v in _SIGNALS.values() if isinstance(stop, v[0]))
+        print(f"{PROG}: error: {what}; no output written", file=sys.stderr)
+        return status
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -165,8 +165,10 @@ def probe_writable(target: OutputTarget) -> None:
     where = target.parent
     with output_errors(target.path):
         fd, probe = tempfile.mkstemp(prefix=f".{target.path.name}.", suffix=".probe", dir=where)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(probe)
 
 
 def check_space(target: OutputTarget, nbytes: int, files: int = 1) -> None:
