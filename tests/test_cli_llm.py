@@ -372,8 +372,8 @@ def test_hashes_of_unchanged_files_are_reused(tmp_path, capsys, monkeypatch) -> 
 
 
 @pytest.mark.parametrize("method, setting, fragment", [
-    ("dare", "density=0.8", "weaving's DARE takes p, the drop rate; mergekit's density d (the keep rate) "
-                            "corresponds to p = 1 - d"),
+    ("dare", "density=0.8", ("weaving's DARE takes p, the drop rate; mergekit's density d (the keep rate) "
+                             "corresponds to p = 1 - d")),
     ("breadcrumbs", "density=0.9", "takes beta, the fraction of each row kept"),
     ("ties", "weight=0.5", "--weights W1 W2"),
     ("task_arithmetic", "lambda=0.5", "is weaving's --lam"),

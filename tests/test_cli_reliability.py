@@ -124,7 +124,7 @@ class Payload:
 
 
 def test_malicious_pickle_gets_no_advice_to_disable_weights_only(models, tmp_path, capsys) -> None:
-    pre, tasks, _, _ = models
+    pre, _, _, _ = models
     evil = tmp_path / "evil.pt"
     torch.save({"enc.weight": Payload()}, evil)
     code, out, err = run(merge_args(pre, [evil], tmp_path / "out.safetensors"), capsys)
