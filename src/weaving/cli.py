@@ -452,7 +452,7 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
         "finetuned": json.dumps(records[1:]),
         "compute_dtype": _dtype_name(prepared.compute_dtype),
         "output_dtype": _names(d for d in out_dtypes.values() if d.is_floating_point),
-        "input_dtypes": json.dumps(prepared.input_dtypes),
+        "input_dtypes": json.dumps({spec.given: names for spec, names in zip(all_specs, prepared.input_dtypes)}),
         "hash": args.hash,
     }
     if args.weights is not None:

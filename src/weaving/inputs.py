@@ -209,7 +209,7 @@ class Prepared:
     pretrained: object
     finetuned: list[object]
     compute_dtype: torch.dtype
-    input_dtypes: dict[str, list[str]]
+    input_dtypes: list[list[str]]  # floating dtypes of the pretrained, then each fine-tuned input
     union_rows: dict[str, list[tuple[int, int, object]]]  # key -> [(start, stop, source)] rows appended
     vocab_keys: list[str]
 
@@ -239,7 +239,7 @@ def prepare_sources(
     finetuned = list(finetuned)
     if vocab not in VOCAB_POLICIES:
         raise ParamError(f"--vocab {vocab!r}: valid: {', '.join(VOCAB_POLICIES)}")
-    input_dtypes = {s.name: _dtype_names(s) for s in [pretrained, *finetuned]}  # type: ignore[attr-defined]
+    input_dtypes = [_dtype_names(s) for s in [pretrained, *finetuned]]
 
     mismatched = vocab_mismatches(pretrained, finetuned)
     named = set(vocab_keys)
