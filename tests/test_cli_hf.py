@@ -277,3 +277,18 @@ def test_save_config_then_run_reproduces_the_output(small, tmp_path, capsys) -> 
     second = load_state_dict(out)
     assert sorted(first) == sorted(second) and all(torch.equal(first[k], second[k]) for k in first)
     assert first["enc.weight"].dtype == torch.float64
+
+
+def test_save_config_never_replaces_an_input_or_lands_in_the_output(small, tmp_path, capsys) -> None:
+    before = small["pre"].read_bytes()
+    (tmp_path / "out").mkdir()
+    for path, fragment in [(small["pre"], "must end in .yaml"), (tmp_path / "out" / "m.yaml", "inside or on the output")]:
+        code, _, err = run(merge_args(small["pre"], small["tasks"], f"{tmp_path / 'out'}/", "task_arithmetic",
+                                      "--save-config", path), capsys)
+        assert code == 2 and fragment in one_line_error(err)
+    linked = tmp_path / "linked.yaml"
+    os.link(small["tasks"][0], linked)
+    code, _, err = run(merge_args(small["pre"], small["tasks"], tmp_path / "o.safetensors", "task_arithmetic",
+                                  "--save-config", linked), capsys)
+    assert code == 2 and "is a file of input" in one_line_error(err)
+    assert small["pre"].read_bytes() == before and list((tmp_path / "out").iterdir()) == []

@@ -393,3 +393,12 @@ def test_mergekit_method_names(tmp_path, capsys, method, fragment) -> None:
     pre, tasks = save_set(tmp_path, *make_models())
     code, _, err = run(merge_args(pre, tasks, tmp_path / "o.safetensors", method), capsys)
     assert code == 2 and fragment in one_line_error(err) and "valid: breadcrumbs" in err
+
+
+def test_adapter_weights_file_alone_points_to_its_folder(llama, tmp_path, capsys) -> None:
+    root = llama["root"]
+    weights = root / "plain" / "adapter_model.safetensors"
+    code, _, err = run(merge_args(root / "base", [weights], tmp_path / "o.safetensors"), capsys)
+    assert code == 1
+    line = one_line_error(err)
+    assert str(weights) in line and "PEFT adapter" in line and "adapter_config.json" in line

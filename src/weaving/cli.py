@@ -53,13 +53,16 @@ from weaving.inputs import (
     open_input,
     prepare_sources,
     release_all,
+    same_file,
 )
 from weaving.io import sha256_files
 from weaving.mergefile import dump, from_arguments, load_merge_file, to_arguments
 from weaving.mergekit_names import hparam_hint, method_hint
 from weaving.output import (
+    OutputTarget,
     check_output,
     check_space,
+    is_inside,
     parse_out,
     plan_shards,
     probe_writable,
@@ -387,11 +390,9 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
     max_shard_bytes = parse_size(args.max_shard_size)
     progress = not args.quiet
     vocab_keys = [k for k in (args.vocab_keys or "").split(",") if k]
-    if args.save_config:
-        config_path = Path(args.save_config)
-        if not config_path.parent.is_dir():
-            raise ParamError(f"--save-config {config_path}: folder {config_path.parent} does not exist")
-        write_text_atomically(config_path, dump(from_arguments(args, given, config_path.parent)))
+    config_path = Path(args.save_config) if args.save_config else None
+    if config_path is not None and not config_path.parent.is_dir():
+        raise ParamError(f"--save-config {config_path}: folder {config_path.parent} does not exist")
 
     pretrained_spec = locate_input(args.pretrained, allow_download=args.allow_download, adapter_allowed=False)
     finetuned_specs = [locate_input(p, allow_download=args.allow_download) for p in args.finetuned]
@@ -401,6 +402,9 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
     else:
         check_output(target, {s.given: s.files for s in all_specs})
     probe_writable(target)
+    if config_path is not None:
+        check_config_path(config_path, target, {s.given: s.files for s in all_specs})
+        write_text_atomically(config_path, dump(from_arguments(args, given, config_path.parent)))
 
     pretrained = open_input(pretrained_spec)
     finetuned = [open_input(spec, base=pretrained) for spec in finetuned_specs]
@@ -494,6 +498,19 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
                                progress=progress)
     finally:
         release_all([pretrained, *finetuned])
+
+
+def check_config_path(path: Path, target: OutputTarget, inputs: dict[str, list[Path]]) -> None:
+    """``--save-config`` must not replace an input's file nor land in or on the output."""
+    if path.suffix not in (".yaml", ".yml"):
+        raise ParamError(f"--save-config {path}: a merge file must end in .yaml or .yml")
+    for given, files in inputs.items():
+        for file in files:
+            if path.exists() and same_file(path, file):
+                raise ParamError(f"--save-config {path}: is a file of input {given}; choose another path")
+    if (target.folder and is_inside(path, target.path)) or (not target.folder and path.exists()
+                                                           and same_file(path, target.path)):
+        raise ParamError(f"--save-config {path}: is inside or on the output {target.given}; choose another path")
 
 
 def given_with_seed(given: dict[str, object], method_seed: object) -> dict[str, object]:

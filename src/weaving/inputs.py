@@ -89,6 +89,12 @@ def open_input(spec: InputSpec, base: object | None = None) -> object:
         return LoraAdapterSource(spec.path, base)
     source = open_source(spec.path)
     source.name = spec.given if spec.hub_id else source.name
+    peft_keys = [key for key in source.keys()[:1000] if key.startswith("base_model.model.") or ".lora_" in key]
+    if peft_keys:
+        raise InputError(
+            f"{spec.given}: holds the weights of a PEFT adapter (keys like {peft_keys[0]!r}); pass the adapter's "
+            "folder, the one holding adapter_config.json, as a fine-tuned model"
+        )
     return source
 
 

@@ -89,7 +89,8 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (symlinks resolved) is ``folder`` or lies under it."""
     try:
         Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
         return True
@@ -135,7 +136,7 @@ def check_output(target: OutputTarget, inputs: Mapping[str, Sequence[Path]]) -> 
         return
     for given, files in inputs.items():
         for file in files:
-            if _inside(file, target.path):
+            if is_inside(file, target.path):
                 raise ParamError(
                     f"--out {target.given}: the output folder holds an input ({given}: {file}); "
                     "choose another output folder"
