@@ -3,7 +3,8 @@
 Every file the project writes goes through here. Temporary names start with a dot and end in
 `.tmp` (files and folders being built) or `.old` (a replaced folder being deleted), beside the
 target; `.gitignore` and `.dvcignore` cover them, and `remove_leftovers` deletes those of an
-earlier, killed run.
+earlier, killed run. Files and folders get the modes a plain ``open(path, "w")`` and ``mkdir``
+would give them (0644 and 0755 under the usual umask 022), not ``mkstemp``'s private 0600/0700.
 """
 
 from __future__ import annotations
@@ -18,11 +19,28 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def normal_file_mode() -> int:
+    """0o666 less the process's umask: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~_umask()
+
+
+def normal_folder_mode() -> int:
+    """0o777 less the process's umask: the mode ``mkdir`` gives a new folder."""
+    return 0o777 & ~_umask()
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
-    On any exception the temporary file is removed and ``target`` is untouched.
+    On any exception the temporary file is removed and ``target`` is untouched. The file gets
+    ``normal_file_mode()`` before the rename.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +49,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, normal_file_mode())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -49,6 +69,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging
+        os.chmod(staging, normal_folder_mode())
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, trash / target.name)

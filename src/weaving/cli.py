@@ -1,33 +1,75 @@
-"""The ``weaving`` command line: ``weaving merge``, ``weaving weave``, ``weaving methods``.
+"""The ``weaving`` command line: ``weaving merge``, ``weave``, ``run`` and ``methods``.
 
-Both commands stream: one key's tensors are in memory at a time (see ``weaving.engine``),
-and the output safetensors file is written as the keys arrive, atomically. The output is
-``theta_pre + result`` with metadata recording the request and each input's sha256.
+``merge`` and ``weave`` stream: one key's tensors are in memory at a time (see
+``weaving.engine``), and the output (one ``.safetensors`` file, or a Hugging Face model folder
+when ``--out`` ends with ``/``) is written as the keys arrive, atomically. The output is
+``theta_pre + result`` with metadata recording the request, the dtypes and each input's
+sha256. Inputs may be checkpoints, PEFT LoRA adapter folders or hub ids in the local
+Hugging Face cache (``weaving.inputs``). ``run FILE.yaml`` runs the request a merge file
+describes (``weaving.mergefile``); ``--save-config`` writes one.
 
 Exit status: 0 on success, 2 for a bad request (usage, unknown method, pooling or
-hyper-parameter, value out of range, bad search space), 1 for bad inputs (unreadable,
-truncated, mismatched or non-finite checkpoints) or a failed write. Errors are one line
-``weaving: error: ...`` on stderr; no output file is left behind.
+hyper-parameter, value out of range, bad search space, bad output name), 1 for bad inputs
+(unreadable, truncated, mismatched or non-finite checkpoints) or a failed write, 130 on
+Ctrl-C and 143 on SIGTERM. Errors are one line ``weaving: error: ...`` on stderr; no output
+or temporary file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
-import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
 from weaving import METHODS, POOL_OVER, POOLINGS, parse_search_space
+from weaving.atomic import atomic_path
 from weaving.engine import stream_merge
 from weaving.errors import InputError, ParamError, WeavingError, choices
-from weaving.io import open_source, sha256_file, write_safetensors
+from weaving.hashcache import HashCache
+from weaving.hf import (
+    MODEL_FOLDER_FILES,
+    TOKENIZER_FILES,
+    config_vocab_size,
+    looks_like_hub_id,
+    parse_size,
+    read_config,
+)
+from weaving.inputs import (
+    VOCAB_POLICIES,
+    WEIGHTED_METHODS,
+    InputSpec,
+    append_union_rows,
+    locate_input,
+    open_input,
+    prepare_sources,
+    release_all,
+    same_file,
+)
+from weaving.io import sha256_files
+from weaving.mergefile import dump, from_arguments, load_merge_file, to_arguments
+from weaving.mergekit_names import hparam_hint, method_hint
+from weaving.output import (
+    OutputTarget,
+    check_output,
+    check_space,
+    is_inside,
+    parse_out,
+    plan_shards,
+    probe_writable,
+    spec_bytes,
+    write_file,
+    write_model_folder,
+)
 
 PROG = "weaving"
 
@@ -79,17 +121,50 @@ def parse_assignments(items: Sequence[str] | None) -> dict[str, bool | int | flo
     return given
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+}
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+CPU_GENERATOR_METHODS = ("dare",)
+"""Methods whose random draws come from seeded CPU generators (so results do not depend on the device)."""
+
+
 def _add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", required=True, metavar="PATH",
-                        help="pretrained checkpoint: .safetensors, .pt/.bin, *.index.json or a folder")
+                        help="pretrained checkpoint: .safetensors, .pt/.bin, *.index.json, a folder, "
+                             "or a Hugging Face hub id (org/name) in the local cache")
     parser.add_argument("--finetuned", required=True, nargs="+", metavar="PATH",
-                        help="fine-tuned checkpoints of the same architecture (one or more)")
+                        help="fine-tuned checkpoints of the same architecture (one or more): as --pretrained, "
+                             "or PEFT LoRA adapter folders (adapter_config.json)")
     parser.add_argument("--method", required=True, help="merge method (see 'weaving methods')")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="assignments",
                         help="method hyper-parameter, e.g. --set density=0.2 (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--out", required=True, metavar="PATH",
-                        help="output .safetensors (overwritten atomically if it exists)")
+                        help="output: FILE.safetensors (replaced atomically if it exists), or a Hugging Face "
+                             "model folder when PATH ends with '/' or is an existing folder")
+    parser.add_argument("--weights", nargs="+", type=float, metavar="W",
+                        help="one weight per fine-tuned model: task vector t becomes W_t * tau_t "
+                             "(task_arithmetic, dare, breadcrumbs)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="dtype of the output's floating tensors (default: the pretrained model's)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the merge is computed (default cpu); inputs are read on the CPU")
+    parser.add_argument("--vocab", choices=VOCAB_POLICIES, default="refuse",
+                        help="resized vocabularies: refuse (default), base (merge the shared rows, keep the "
+                             "base's size) or union (also append the added rows)")
+    parser.add_argument("--vocab-keys", metavar="KEY[,KEY...]",
+                        help="the embedding/output-head keys --vocab applies to (default: 2-D keys whose rows "
+                             "equal the pretrained config's vocab_size)")
+    parser.add_argument("--hash", choices=("sha256", "none"), default="sha256",
+                        help="record each input's sha256 in the output (default; unchanged files are not read "
+                             "again, see docs/cli.md) or record none")
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                        help=f"largest shard of a model folder output, e.g. 500MB, 2GiB (default {DEFAULT_MAX_SHARD_SIZE})")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let hub ids not in the local Hugging Face cache be downloaded")
+    parser.add_argument("--save-config", metavar="FILE.yaml",
+                        help="also write this request as a merge file for 'weaving run' (paths relative to it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -113,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     weave.add_argument("--materialize", action="store_true",
                        help="build every pool member, as Algorithm 1 is written (slower, same result)")
 
+    run = commands.add_parser("run", help="run the merge or weave a YAML merge file describes")
+    run.add_argument("merge_file", metavar="FILE.yaml", help="merge file (see docs/cli.md)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
     commands.add_parser("methods", help="list merge methods with their default hyper-parameters, and poolings")
     for module_name in FAMILY_COMMANDS:
         importlib.import_module(module_name).add_subcommand(commands)
@@ -131,18 +210,24 @@ def describe_methods() -> str:
         lines.append(f"  {name:<{width}}  {described or '(none)'}")
     lines.append(f"poolings: {', '.join(sorted(POOLINGS))}")
     lines.append(f"pool over: {', '.join(POOL_OVER)} (default all)")
+    lines.append(f"per-model --weights: {', '.join(WEIGHTED_METHODS)}")
     return "\n".join(lines)
 
 
 def validate_request(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, object], list[float] | None]:
     """(``--set`` values, full hyper-parameters with defaults filled in, search space); reads no file.
 
-    ``seed`` is DARE's seed: ``--seed`` unless ``--set seed=N`` gives it on its own.
+    ``seed`` is DARE's seed unless ``--set seed=N`` gives it on its own. A mergekit method or
+    parameter name with another meaning here is refused with the weaving equivalent.
     """
     if args.method not in METHODS:
-        raise ParamError(f"unknown method {args.method!r}; valid: {choices(METHODS)}")
+        hint = method_hint(args.method)
+        raise ParamError(f"unknown method {args.method!r}" + (f" ({hint})" if hint else "") + f"; valid: {choices(METHODS)}")
     method = METHODS[args.method]
     given = parse_assignments(args.assignments)
+    for name in given:
+        if name not in method.defaults and (hint := hparam_hint(args.method, name)) is not None:
+            raise ParamError(f"method {args.method!r}: --set {name}: {hint}; valid: {choices(method.defaults)}")
     with_seed = dict(given)
     if "seed" in method.defaults:
         with_seed.setdefault("seed", args.seed)
@@ -155,51 +240,211 @@ def validate_request(args: argparse.Namespace) -> tuple[dict[str, object], dict[
         if args.pooling not in POOLINGS:
             raise ParamError(f"unknown pooling {args.pooling!r}; valid: {choices(POOLINGS)}")
         lambdas = [float(v) for v in parse_search_space(args.lambdas)]
+    if args.weights is not None:
+        if args.method not in WEIGHTED_METHODS:
+            raise ParamError(
+                f"--weights: method {args.method!r} takes no per-model weights (it compares task vectors with each "
+                f"other, so a weight would change what it selects); methods that take them: {', '.join(WEIGHTED_METHODS)}"
+            )
+        if len(args.weights) != len(args.finetuned):
+            raise ParamError(f"--weights: {len(args.weights)} weights for {len(args.finetuned)} fine-tuned models; "
+                             "give one each")
+        bad = [w for w in args.weights if not math.isfinite(w)]
+        if bad:
+            raise ParamError(f"--weights: weights must be finite, got {bad[0]!r}")
+    parse_size(args.max_shard_size)
+    check_device(args)
     return given, hparams, lambdas
 
 
-def check_paths(args: argparse.Namespace) -> Path:
-    """The output path, refused if its folder is missing or it is one of the inputs."""
-    out = Path(args.out)
-    if out.is_dir():
-        raise ParamError(f"--out {out}: is a folder; give a file name such as {out / 'merged.safetensors'}")
-    if not out.parent.is_dir():
-        raise ParamError(f"--out {out}: folder {out.parent} does not exist")
-    if out.exists():
-        for given in [args.pretrained, *args.finetuned]:
-            if Path(given).exists() and os.path.samefile(given, out):
-                raise ParamError(f"--out {out}: is also an input ({given}); choose another output path")
-    return out
+def check_device(args: argparse.Namespace) -> None:
+    """``--device cuda`` needs a CUDA GPU, and a method and pooling without CPU-generator draws."""
+    if args.device != "cuda":
+        return
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise ParamError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__}, {built}); "
+                         "use --device cpu")
+    if args.method in CPU_GENERATOR_METHODS or getattr(args, "pooling", None) == "random":
+        raise ParamError(
+            f"--device cuda: {args.method if args.method in CPU_GENERATOR_METHODS else 'random pooling'} draws its "
+            "random choices from seeded CPU generators (so results do not depend on the device); use --device cpu"
+        )
 
 
 def finite_outputs(stream: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
     """Pass the stream through, refusing a floating-point tensor holding NaN or inf."""
     for key, tensor in stream:
+        check_signals()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise InputError(f"merged tensor {key!r} holds NaN or inf; check the inputs' {key!r}")
         yield key, tensor
 
 
-def run_merge(args: argparse.Namespace) -> None:
-    """``weaving merge`` and ``weaving weave``: validate, open, stream, write."""
-    given, hparams, lambdas = validate_request(args)
-    out = check_paths(args)
-    progress = not args.quiet
+def cast_outputs(stream: Iterator[tuple[str, torch.Tensor]], dtypes: dict[str, torch.dtype],
+                 requested: str | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor in its output dtype; a finite value that overflows it is an error naming the key."""
+    for key, tensor in stream:
+        want = dtypes[key]
+        if tensor.dtype != want:
+            cast = tensor.to(want)
+            if want.is_floating_point and not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(tensor).all()):
+                largest = float(tensor.abs().max())
+                raise InputError(
+                    f"merged tensor {key!r} reaches {largest:.4g}, beyond the range of {want}"
+                    + (f" (--dtype {requested})" if requested else " (the pretrained model's dtype)")
+                    + "; choose --dtype bfloat16 or float32"
+                )
+            tensor = cast
+        yield key, tensor
 
-    pretrained = open_source(args.pretrained)
-    finetuned = [open_source(path) for path in args.finetuned]
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ",".join(sorted({_dtype_name(d) for d in dtypes})) or "none"
+
+
+def _hash_inputs(specs: Sequence[InputSpec], mode: str, progress: bool) -> list[str | None]:
+    if mode == "none":
+        return [None] * len(specs)
+    cache = HashCache()
+    try:
+        return [sha256_files(spec.files, progress=progress, label=Path(spec.given).name or spec.given, cache=cache)
+                for spec in specs]
+    finally:
+        cache.save()
+
+
+def _model_card(args: argparse.Namespace, record: dict[str, object], inputs: list[dict[str, object]],
+                metadata: dict[str, str]) -> str:
+    front = ["---"]
+    if looks_like_hub_id(args.pretrained) and not Path(args.pretrained).exists():
+        front.append(f"base_model: {args.pretrained}")
+    front += ["library_name: transformers", "tags:", "- merge", "- weaving", f"- {args.method}", "---", ""]
+    what = "Weight Weaving" if args.command == "weave" else "a merge"
+    lines = [
+        f"# {Path(args.out.rstrip('/')).name}",
+        "",
+        (f"This model is {what} of fine-tuned models of one pretrained model, made with weaving "
+         f"{metadata['weaving_version']} (method `{args.method}`, hyper-parameters `{metadata['hparams']}`)."),
+        "",
+        "| role | input | sha256 |",
+        "| --- | --- | --- |",
+    ]
+    for item in inputs:
+        lines.append(f"| {item['role']} | `{item['path']}` | {item['sha256'] or '(not hashed)'} |")
+    lines += [
+        "",
+        (f"Computed in {metadata['compute_dtype']}, written in {metadata['output_dtype']}. "
+         "Every shard's safetensors metadata records the same request."),
+        "",
+        "## Merge file",
+        "",
+        "Rerun with `weaving run merge.yaml`:",
+        "",
+        "```yaml",
+        dump(record).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(front + lines)
+
+
+def _folder_texts(args: argparse.Namespace, pretrained: InputSpec, tokenizer_from: InputSpec | None,
+                  out_dtypes: dict[str, torch.dtype], vocab_rows: int | None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Files copied into a model folder, and config.json with the output's dtype and vocabulary size."""
+    copies: dict[str, Path] = {}
+    texts: dict[str, str] = {}
+    folder = pretrained.folder
+    for name in MODEL_FOLDER_FILES:
+        source_folder = tokenizer_from.folder if (tokenizer_from is not None and name in TOKENIZER_FILES) else folder
+        if source_folder is not None and (source_folder / name).is_file():
+            copies[name] = source_folder / name
+    config = read_config(folder)
+    if config is not None:
+        copies.pop("config.json", None)
+        float_dtypes = {d for d in out_dtypes.values() if d.is_floating_point}
+        if len(float_dtypes) == 1:
+            name = _dtype_name(next(iter(float_dtypes)))
+            for field in ("torch_dtype", "dtype"):
+                if field in config:
+                    config[field] = name
+            if "torch_dtype" not in config and "dtype" not in config:
+                config["torch_dtype"] = name
+        if vocab_rows is not None:
+            for where in (config, config.get("text_config")):
+                if isinstance(where, dict) and "vocab_size" in where:
+                    where["vocab_size"] = vocab_rows
+        texts["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    return copies, texts
+
+
+def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = None) -> None:
+    """``weaving merge``, ``weaving weave`` and ``weaving run``: validate, locate, check the
+    output, open, stream, hash, write. ``merge_file``: (path, sha256) of the YAML it came from."""
+    given, hparams, lambdas = validate_request(args)
+    target = parse_out(args.out)
+    max_shard_bytes = parse_size(args.max_shard_size)
+    progress = not args.quiet
+    vocab_keys = [k for k in (args.vocab_keys or "").split(",") if k]
+    config_path = Path(args.save_config) if args.save_config else None
+    if config_path is not None and not config_path.parent.is_dir():
+        raise ParamError(f"--save-config {config_path}: folder {config_path.parent} does not exist")
+
+    pretrained_spec = locate_input(args.pretrained, allow_download=args.allow_download, adapter_allowed=False)
+    finetuned_specs = [locate_input(p, allow_download=args.allow_download) for p in args.finetuned]
+    all_specs = [pretrained_spec, *finetuned_specs]
+    if merge_file is not None:
+        check_output(target, {merge_file[0]: [Path(merge_file[0])], **{s.given: s.files for s in all_specs}})
+    else:
+        check_output(target, {s.given: s.files for s in all_specs})
+    probe_writable(target)
+    if config_path is not None:
+        check_config_path(config_path, target, {s.given: s.files for s in all_specs})
+        write_text_atomically(config_path, dump(from_arguments(args, given, config_path.parent)))
+
+    pretrained = open_input(pretrained_spec)
+    finetuned = [open_input(spec, base=pretrained) for spec in finetuned_specs]
+    config = read_config(pretrained_spec.folder)
+    prepared = prepare_sources(
+        pretrained, finetuned, vocab=args.vocab, vocab_keys=vocab_keys, config_vocab_size=config_vocab_size(config),
+        weights=args.weights, method=args.method,
+        min_dtype=DTYPES[args.dtype] if args.dtype == "float64" else None,
+    )
+    keys = sorted(pretrained.keys())
+    if not keys:
+        raise InputError(f"{pretrained.name}: holds no tensors")
+    out_dtypes: dict[str, torch.dtype] = {}
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for key in keys:
+        shape, dtype = pretrained.spec(key)
+        if dtype.is_floating_point and args.dtype:
+            dtype = DTYPES[args.dtype]
+        rows = prepared.union_rows.get(key)
+        if rows:
+            shape = (rows[-1][1], *shape[1:])
+        out_dtypes[key] = dtype
+        specs[key] = (tuple(shape), dtype)
+    total_bytes = sum(spec_bytes(spec) for spec in specs.values())
+    shards = plan_shards(specs, max_shard_bytes) if target.folder else [keys]
+    check_space(target, total_bytes, len(shards) + 1)
+
     method_seed = given.pop("seed", None)
     common = dict(seed=args.seed, method_seed=method_seed, progress=progress, **given)
     if args.command == "merge":
-        stream = stream_merge(pretrained, finetuned, args.method, lam=args.lam, **common)
+        stream = stream_merge(prepared.pretrained, prepared.finetuned, args.method, lam=args.lam, **common)
     else:
-        stream = stream_merge(pretrained, finetuned, args.method, lambdas=lambdas, pooling=args.pooling,
-                              pool_over=args.pool_over, materialize=args.materialize, **common)
+        stream = stream_merge(prepared.pretrained, prepared.finetuned, args.method, lambdas=lambdas,
+                              pooling=args.pooling, pool_over=args.pool_over, materialize=args.materialize, **common)
     # stream_merge has validated keys, shapes and dtypes; no tensor is read before the hashes.
-    if not pretrained.keys():
-        raise InputError(f"{pretrained.name}: holds no tensors")
-    inputs = [{"path": str(args.pretrained), "sha256": sha256_file(args.pretrained, progress=progress)}]
-    finetuned_records = [{"path": str(p), "sha256": sha256_file(p, progress=progress)} for p in args.finetuned]
+    digests = _hash_inputs(all_specs, args.hash, progress)
+    records = [{"path": spec.given, "sha256": digest} for spec, digest in zip(all_specs, digests)]
+    for record, spec in zip(records[1:], finetuned_specs):
+        if spec.adapter:
+            record["adapter"] = "peft-lora"
     metadata = {
         "format": "pt",
         "weaving_version": weaving_version(),
@@ -207,9 +452,21 @@ def run_merge(args: argparse.Namespace) -> None:
         "method": args.method,
         "hparams": json.dumps(hparams, sort_keys=True),
         "seed": str(args.seed),
-        "pretrained": json.dumps(inputs[0]),
-        "finetuned": json.dumps(finetuned_records),
+        "pretrained": json.dumps(records[0]),
+        "finetuned": json.dumps(records[1:]),
+        "compute_dtype": _dtype_name(prepared.compute_dtype),
+        "output_dtype": _names(d for d in out_dtypes.values() if d.is_floating_point),
+        "input_dtypes": json.dumps({spec.given: names for spec, names in zip(all_specs, prepared.input_dtypes)}),
+        "hash": args.hash,
     }
+    if args.weights is not None:
+        metadata["weights"] = json.dumps(args.weights)
+    if prepared.vocab_keys:
+        metadata["vocab"] = json.dumps({"policy": args.vocab, "keys": prepared.vocab_keys})
+    if args.device != "cpu":
+        metadata["device"] = args.device
+    if merge_file is not None:
+        metadata["merge_file"] = json.dumps({"path": merge_file[0], "sha256": merge_file[1]})
     if args.command == "merge":
         metadata["lam"] = json.dumps(args.lam)
     else:
@@ -220,26 +477,109 @@ def run_merge(args: argparse.Namespace) -> None:
             "pool_over": args.pool_over,
             "materialize": json.dumps(bool(args.materialize)),
         })
-    specs = {key: pretrained.spec(key) for key in pretrained.keys()}
-    write_safetensors(out, specs, finite_outputs(stream), metadata)
+    output = finite_outputs(cast_outputs(append_union_rows(stream, prepared.union_rows), out_dtypes, args.dtype))
+    device = torch.device(args.device) if args.device != "cpu" else contextlib.nullcontext()
+    try:
+        with device:
+            if not target.folder:
+                write_file(target, specs, output, metadata, progress=progress)
+                return
+            tokenizer_from = None
+            vocab_rows = None
+            if prepared.union_rows and any(prepared.union_rows.values()):
+                widest = max((rows[-1] for rows in prepared.union_rows.values() if rows), key=lambda r: r[1])
+                vocab_rows = widest[1]
+                tokenizer_from = next(s for s, src in zip(finetuned_specs, finetuned) if src is widest[2])
+            copies, texts = _folder_texts(args, pretrained_spec, tokenizer_from, out_dtypes, vocab_rows)
+            roles = [{"role": "pretrained", **records[0]}] + [{"role": "fine-tuned", **r} for r in records[1:]]
+            texts["README.md"] = _model_card(args, from_arguments(args, given_with_seed(given, method_seed), None),
+                                             roles, metadata)
+            write_model_folder(target, specs, output, metadata, shards=shards, copies=copies, texts=texts,
+                               progress=progress)
+    finally:
+        release_all([pretrained, *finetuned])
+
+
+def check_config_path(path: Path, target: OutputTarget, inputs: dict[str, list[Path]]) -> None:
+    """``--save-config`` must not replace an input's file nor land in or on the output."""
+    if path.suffix not in (".yaml", ".yml"):
+        raise ParamError(f"--save-config {path}: a merge file must end in .yaml or .yml")
+    for given, files in inputs.items():
+        for file in files:
+            if path.exists() and same_file(path, file):
+                raise ParamError(f"--save-config {path}: is a file of input {given}; choose another path")
+    if (target.folder and is_inside(path, target.path)) or (not target.folder and path.exists()
+                                                           and same_file(path, target.path)):
+        raise ParamError(f"--save-config {path}: is inside or on the output {target.given}; choose another path")
+
+
+def given_with_seed(given: dict[str, object], method_seed: object) -> dict[str, object]:
+    return given if method_seed is None else {**given, "seed": method_seed}
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def run_merge_file(args: argparse.Namespace) -> None:
+    """``weaving run FILE``: the request a merge file describes, its sha256 recorded in the output."""
+    path = Path(args.merge_file)
+    merge_file, digest = load_merge_file(path)
+    request = to_arguments(merge_file, path.parent)
+    request.quiet = args.quiet
+    run_merge(request, merge_file=(str(path), digest))
+
+
+class Terminated(BaseException):
+    """SIGTERM received: raised in the main thread so every ``finally`` and cleanup runs."""
+
+
+_SIGNALS = {signal.SIGINT: (KeyboardInterrupt, 130, "interrupted"), signal.SIGTERM: (Terminated, 143, "terminated (SIGTERM)")}
+_received: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Record the signal, then raise its exception. The record matters: an exception raised
+    while a library (safetensors, torch) is inside native code may reach us as another error."""
+    _received.append(signum)
+    raise _SIGNALS[signal.Signals(signum)][0]()
+
+
+def check_signals() -> None:
+    """Raise the exception of a signal received earlier whose exception was swallowed on the way."""
+    if _received:
+        raise _SIGNALS[signal.Signals(_received[0])][0]()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 1 bad input, 2 bad request)."""
+    """Run the command line; returns the exit status (0 success, 1 bad input, 2 bad request,
+    130 after Ctrl-C, 143 after SIGTERM: both leave no output or temporary file)."""
     parser = build_parser()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS} if in_main_thread else {}
+    for signum in previous:
+        signal.signal(signum, _on_signal)
+    _received.clear()
     try:
-        args = parser.parse_args(argv)
-        if args.list or args.command == "methods":
-            print(describe_methods())
+        try:
+            args = parser.parse_args(argv)
+            if args.list or args.command == "methods":
+                print(describe_methods())
+                return 0
+            if args.command is None:
+                raise UsageError(f"a command is required: merge, weave, run or methods (see '{PROG} --help')")
+            handler = getattr(args, "handler", None)
+            if handler is not None:
+                handler(args)
+            elif args.command == "run":
+                run_merge_file(args)
+            else:
+                run_merge(args)
             return 0
-        if args.command is None:
-            raise UsageError(f"a command is required: merge, weave or methods (see '{PROG} --help')")
-        handler = getattr(args, "handler", None)
-        if handler is not None:
-            handler(args)
-        else:
-            run_merge(args)
-        return 0
+        except BaseException:
+            check_signals()  # a signal's exception, possibly turned into another one on the way
+            raise
     except SystemExit as exit_request:  # --help and --version
         return int(exit_request.code or 0)
     except (UsageError, ParamError) as error:
@@ -252,9 +592,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted; no output written", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        _, status, what = next(v for v in _SIGNALS.values() if isinstance(stop, v[0]))
+        print(f"{PROG}: error: {what}; no output written", file=sys.stderr)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Checkpoint I/O: lazy state-dict sources, a streaming atomic safetensors writer, sha256.
 
 Sources implement ``weaving.engine.StateDictSource``: ``name``, ``keys()``, ``spec(key)``
-(shape and dtype without reading tensor data) and ``load(key)``. Formats:
+(shape and dtype without reading tensor data) and ``load(key)``. The format of a file is
+read from its first bytes (``detect_format``), never from its name: a safetensors file named
+``.pt`` reads as safetensors, and a text file named ``.bin`` is reported as text. Formats:
 
 - safetensors (``.safetensors``): header read once; every ``load`` opens the file with
   ``safetensors.safe_open`` and closes it again, so pages of the memory map never pile up in
@@ -13,40 +15,49 @@ Sources implement ``weaving.engine.StateDictSource``: ``name``, ``keys()``, ``sp
 - sharded checkpoints as Hugging Face writes them: ``*.index.json`` with a ``weight_map``
   (key -> shard file beside the index), read as one state dict, one shard open at a time.
 
-Every error about an input is an ``InputError`` whose message starts with the file's path.
+Every error about an input is an ``InputError`` whose message starts with the file's path,
+and no message ever advises loading with ``weights_only=False`` (which runs arbitrary code).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import struct
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from weaving.atomic import normal_file_mode
 from weaving.errors import InputError
+from weaving.hashcache import HashCache
 
 __all__ = [
-    "SafetensorsSource",
-    "TorchFileSource",
-    "ShardedSource",
-    "open_source",
-    "resolve_checkpoint",
-    "sha256_file",
-    "write_safetensors",
-    "save_state_dict",
-    "load_state_dict",
-    "read_metadata",
-    "source_sizes",
     "TORCH_SUFFIXES",
+    "SafetensorsSource",
+    "ShardedSource",
+    "TorchFileSource",
+    "checkpoint_files",
+    "detect_format",
+    "load_state_dict",
+    "open_source",
+    "read_metadata",
+    "resolve_checkpoint",
+    "save_state_dict",
+    "sha256_file",
+    "sha256_files",
+    "source_sizes",
+    "write_safetensors",
 ]
 
 TensorSpec = tuple[tuple[int, ...], torch.dtype]
@@ -151,13 +162,28 @@ class SafetensorsSource:
         """Nothing is held open between loads."""
 
 
+def _torch_load_reason(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without PyTorch's advice to disable it."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = found.group(1).strip() if found else ""
+        detail = re.split(r"\s+was not an allowed global|\. Please use", detail)[0].strip()
+        return (
+            "it holds Python objects other than tensors, which weaving never unpickles"
+            + (f" ({detail})" if detail else "")
+            + "; save a flat dict of tensors, or convert the file to safetensors where it was made"
+        )
+    return _first_line(error)
+
+
 def _torch_load_flat(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise InputError(
             f"{path}: not a readable PyTorch state-dict file (truncated, corrupt, or holding "
-            f"objects other than tensors): {_first_line(error)}"
+            f"objects other than tensors): {_torch_load_reason(error)}"
         ) from error
     if not isinstance(obj, Mapping):
         raise InputError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping str -> Tensor)")
@@ -175,6 +201,52 @@ def _torch_load_flat(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
+
+
+SNIFF_BYTES = 512
+
+
+def _text_sentence(head: bytes) -> str | None:
+    """A sentence describing ``head`` if it is the start of a text file, else None."""
+    if not head or b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:  # only a multi-byte character cut at the end is allowed
+            return None
+        text = head[: error.start].decode("utf-8")
+    if any(not (ch.isprintable() or ch in "\t\r\n") for ch in text):
+        return None
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    if text.startswith("version https://git-lfs"):
+        return "it is a Git LFS pointer, not the file itself; fetch the file with 'git lfs pull'"
+    lowered = text.lstrip().lower()
+    if lowered.startswith(("<!doctype html", "<html")):
+        return "it is an HTML page (a failed download?), not a checkpoint"
+    return f"it is a text file (it starts with {first!r}), not safetensors or PyTorch data"
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """The checkpoint format of a file from its first bytes: ``"safetensors"`` (an 8-byte
+    little-endian header length, then ``{``), ``"torch-zip"`` (a zip archive, as
+    ``torch.save`` writes), ``"torch-pickle"`` (a pickle, protocol 2 or later: the legacy
+    ``torch.save`` format), or None when the bytes match none of them (empty, truncated,
+    garbage). A text file raises ``InputError`` with a sentence saying what it is."""
+    path = Path(path)
+    _require_file(path)
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch-pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    sentence = _text_sentence(head)
+    if sentence is not None:
+        raise InputError(f"{path}: unrecognised checkpoint format: {sentence}")
+    return None
 
 
 class TorchFileSource:
@@ -239,20 +311,20 @@ class _DuplicateJsonKey(ValueError):
 
 
 def _open_single_file(path: Path) -> SafetensorsSource | TorchFileSource:
+    """The reader the file's content calls for (``detect_format``); when the content matches
+    no format (empty, truncated, garbage), the reader its suffix names reports what is wrong."""
+    found = detect_format(path)
+    if found == "safetensors":
+        return SafetensorsSource(path)
+    if found in ("torch-zip", "torch-pickle"):
+        return TorchFileSource(path)
     if path.suffix == ".safetensors":
         return SafetensorsSource(path)
     if path.suffix in TORCH_SUFFIXES:
         return TorchFileSource(path)
-    _require_file(path)
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return TorchFileSource(path)
-    if len(head) == 9 and head[8:9] == b"{":
-        return SafetensorsSource(path)
     raise InputError(
-        f"{path}: unrecognised checkpoint format; expected .safetensors, "
-        f"{', '.join(TORCH_SUFFIXES)}, a *.index.json or a folder holding one of {', '.join(CHECKPOINT_FILENAMES)}"
+        f"{path}: unrecognised checkpoint format; expected safetensors or a PyTorch state-dict file "
+        f"({', '.join(TORCH_SUFFIXES)}), a *.index.json or a folder holding one of {', '.join(CHECKPOINT_FILENAMES)}"
     )
 
 
@@ -371,9 +443,30 @@ def open_source(path: str | os.PathLike[str]) -> StateDictFileSource:
     return _open_single_file(resolved)
 
 
-def _sha256_of_one_file(path: Path, bar: tqdm | None = None) -> str:
-    digest = hashlib.sha256()
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Every file a checkpoint path stands for, as ``resolve_checkpoint`` finds it: the file
+    itself, or an index file followed by the shards it names (sorted, each checked to exist)."""
+    resolved = resolve_checkpoint(path)
+    _require_file(resolved)
+    files = [resolved]
+    if resolved.name.endswith(".index.json"):
+        for name in sorted(set(_read_weight_map(resolved).values())):
+            shard = resolved.parent / name
+            if not shard.is_file():
+                raise InputError(f"{resolved}: shard {name!r} named in the index is missing ({shard})")
+            _require_file(shard)
+            files.append(shard)
+    return files
+
+
+def _sha256_of_one_file(path: Path, bar: tqdm | None = None, cache: HashCache | None = None) -> str:
     try:
+        stat = os.stat(path)
+        if cache is not None and (known := cache.get(path)) is not None:
+            if bar is not None:
+                bar.update(stat.st_size)
+            return known
+        digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
@@ -381,33 +474,73 @@ def _sha256_of_one_file(path: Path, bar: tqdm | None = None) -> str:
                     bar.update(len(chunk))
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
+    if cache is not None:
+        cache.put(path, digest.hexdigest(), stat)
     return digest.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
+def sha256_files(
+    files: Sequence[str | os.PathLike[str]], *, progress: bool = False, label: str = "",
+    cache: HashCache | None = None,
+) -> str:
+    """SHA-256 (hex) of one file, or of the ``sha256sum``-style manifest of several.
+
+    One file: the digest of its bytes (what ``sha256sum FILE`` prints). Several: the digest
+    of the UTF-8 text of the lines ``"<hex>  <name>\\n"``, one per file in the given order,
+    ``name`` being the file's name. ``cache`` (a ``weaving.hashcache.HashCache``) supplies the
+    digests of files unchanged since they were last hashed, and records new ones.
+    """
+    paths = [Path(f) for f in files]
+    for file in paths:
+        _require_file(file)
+    total = sum(file.stat().st_size for file in paths)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {label or paths[0].name}",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        digests = [_sha256_of_one_file(file, bar, cache) for file in paths]
+    if len(paths) == 1:
+        return digests[0]
+    manifest = "".join(f"{digest}  {file.name}\n" for digest, file in zip(digests, paths))
+    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], *, progress: bool = False, cache: HashCache | None = None) -> str:
     """SHA-256 (hex) of a checkpoint, read in 1 MiB chunks.
 
     A plain file: the digest of its bytes (what ``sha256sum FILE`` prints). A sharded
     checkpoint (an ``*.index.json``, or a folder resolving to one): the digest of the manifest
     that ``sha256sum INDEX SHARD...`` would print with the shards in sorted order, i.e. the
-    UTF-8 text of the lines ``"<hex>  <name>\\n"`` for the index, then each shard it names.
+    UTF-8 text of the lines ``"<hex>  <name>\\n"`` for the index, then each shard it names
+    (see ``sha256_files``; ``cache`` as there).
     """
-    resolved = resolve_checkpoint(path)
-    _require_file(resolved)
-    names = [resolved.name]
-    if resolved.name.endswith(".index.json"):
-        names += sorted(set(_read_weight_map(resolved).values()))
-    files = [resolved.parent / name for name in names]
-    for file in files[1:]:
-        _require_file(file)
-    total = sum(file.stat().st_size for file in files)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {Path(path).name}",
-              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-        digests = [_sha256_of_one_file(file, bar) for file in files]
-    if len(files) == 1:
-        return digests[0]
-    manifest = "".join(f"{digest}  {name}\n" for digest, name in zip(digests, names))
-    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+    return sha256_files(checkpoint_files(path), progress=progress, label=Path(path).name, cache=cache)
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size_text(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+@contextmanager
+def output_errors(target: str | os.PathLike[str], needed_bytes: int | None = None) -> Iterator[None]:
+    """Turn an ``OSError`` of writing the output into an ``InputError`` naming ``target``
+    (never the temporary file beside it): a full disk says so with the size needed."""
+    try:
+        yield
+    except OSError as error:
+        target = Path(target)
+        if error.errno in NO_SPACE_ERRNOS:
+            need = f" ({_size_text(needed_bytes)} to write)" if needed_bytes else ""
+            raise InputError(
+                f"{target}: no space left on the device of {target.parent}{need}; nothing was written"
+            ) from error
+        raise InputError(f"{target}: cannot write the output in {target.parent}: {error.strerror or error}") from error
 
 
 def _header_bytes(specs: Mapping[str, TensorSpec], metadata: Mapping[str, str]) -> bytes:
@@ -470,7 +603,8 @@ def write_safetensors(
     total_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in specs.values())
     if not target.parent.is_dir():
         raise InputError(f"{target}: output folder {target.parent} does not exist")
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with output_errors(target):
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     temp_path = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as handle, tqdm(
@@ -483,7 +617,8 @@ def write_safetensors(
             file=sys.stderr,
             dynamic_ncols=True,
         ) as bar:
-            handle.write(header)
+            with output_errors(target, len(header) + total_bytes):
+                handle.write(header)
             expected = iter(specs.items())
             for key, tensor in tensors:
                 want = next(expected, None)
@@ -498,20 +633,21 @@ def write_safetensors(
                         f"header says {want_shape} {want_dtype}"
                     )
                 data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                handle.write(memoryview(data))
+                with output_errors(target, len(header) + total_bytes):
+                    handle.write(memoryview(data))
                 bar.update(data.nbytes)
             missing = next(expected, None)
             if missing is not None:
                 raise ValueError(f"write_safetensors: the tensors ended before {missing[0]!r}")
-            handle.flush()
-            os.fsync(handle.fileno())
+            with output_errors(target, len(header) + total_bytes):
+                handle.flush()
+                os.fsync(handle.fileno())
         with safe_open(temp_path, framework="pt") as check:
             if len(check.keys()) != len(specs) or (check.metadata() or {}) != metadata:
                 raise RuntimeError(f"write_safetensors: {temp_path} does not read back as written")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temp_path, target)
+        with output_errors(target):
+            os.chmod(temp_path, normal_file_mode())  # mkstemp makes it private; give it a normal file's mode
+            os.replace(temp_path, target)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
