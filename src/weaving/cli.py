@@ -31,7 +31,7 @@ from weaving.io import open_source, sha256_file, write_safetensors
 
 PROG = "weaving"
 
-FAMILY_COMMANDS: tuple[str, ...] = ()
+FAMILY_COMMANDS: tuple[str, ...] = ("weaving.compress.cli",)
 """Modules of the algorithm families that add a subcommand: each exposes
 ``add_subcommand(commands)``, which adds its parser and sets ``handler=function(args)``."""
 
@@ -187,7 +187,7 @@ def run_merge(args: argparse.Namespace) -> None:
     progress = not args.quiet
 
     pretrained = open_source(args.pretrained)
-    finetuned = [open_source(path) for path in args.finetuned]
+    finetuned = [open_source(path, pretrained=pretrained) for path in args.finetuned]  # compressed task vectors too
     method_seed = given.pop("seed", None)
     common = dict(seed=args.seed, method_seed=method_seed, progress=progress, **given)
     if args.command == "merge":
