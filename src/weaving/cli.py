@@ -73,7 +73,7 @@ from weaving.output import (
 
 PROG = "weaving"
 
-FAMILY_COMMANDS: tuple[str, ...] = ()
+FAMILY_COMMANDS: tuple[str, ...] = ("weaving.compress.cli", "weaving.search.cli", "weaving.align.cli")
 """Modules of the algorithm families that add a subcommand: each exposes
 ``add_subcommand(commands)``, which adds its parser and sets ``handler=function(args)``."""
 

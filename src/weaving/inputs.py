@@ -83,11 +83,12 @@ def locate_input(given: str, *, allow_download: bool = False, adapter_allowed: b
 
 
 def open_input(spec: InputSpec, base: object | None = None) -> object:
-    """The source of ``spec`` (an adapter is read over ``base``, the opened pretrained source)."""
+    """The source of ``spec``; an adapter, and a compressed task vector (``weaving.compress``), is
+    read over ``base``, the opened pretrained source."""
     if spec.adapter:
         assert base is not None
         return LoraAdapterSource(spec.path, base)
-    source = open_source(spec.path)
+    source = open_source(spec.path, pretrained=base)
     source.name = spec.given if spec.hub_id else source.name
     peft_keys = [key for key in source.keys()[:1000] if key.startswith("base_model.model.") or ".lora_" in key]
     if peft_keys:

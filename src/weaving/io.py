@@ -431,16 +431,27 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def open_source(path: str | os.PathLike[str]) -> StateDictFileSource:
+def open_source(path: str | os.PathLike[str], *, pretrained: StateDictFileSource | None = None) -> StateDictFileSource:
     """Open a checkpoint lazily, choosing the reader by name, then by content.
 
     ``path``: a ``.safetensors`` file, a PyTorch state-dict file, an ``*.index.json`` of a
     sharded checkpoint, or a folder holding one of these (see ``resolve_checkpoint``).
+
+    A compressed task vector (a safetensors file tagged ``weaving_format=tsv-compressed``,
+    see ``weaving.compress.files``) reads as its reconstructed task vector tau; with
+    ``pretrained`` (the source of theta_pre) it reads as the checkpoint ``theta_pre + tau``,
+    after its recorded pretrained sha256 is checked against ``pretrained``'s file. Other
+    checkpoints ignore ``pretrained``.
     """
     resolved = resolve_checkpoint(path)
     if resolved.name.endswith(".index.json"):
         return ShardedSource(resolved)
-    return _open_single_file(resolved)
+    source = _open_single_file(resolved)
+    if isinstance(source, SafetensorsSource) and source.metadata.get("weaving_format") == "tsv-compressed":
+        from weaving.compress.files import open_compressed  # the compress family builds on this module
+
+        return open_compressed(source, pretrained=pretrained)  # type: ignore[return-value]
+    return source
 
 
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
