@@ -411,3 +411,26 @@ def run_merge3(
         result["estimator_errors"][method] = {"on_full_search_candidates": errors, "on_own_candidates": audit}
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def merged_encoder_state(
+    pretrained_sd: Mapping[str, torch.Tensor],
+    finetuned_sds: Mapping[str, Mapping[str, torch.Tensor]],
+    method: str,
+    genome: Mapping[str, Mapping[str, float]],
+    *,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """`theta_pre + M(genome)`: the encoder of a genome (`{"coefficients": {task: c}, "densities": ...}`,
+    as `run_merge3` records `best_genome`); tasks in `finetuned_sds` order, `seed` DARE's."""
+    from weaving import apply_task_vector, task_vectors
+
+    tasks = tuple(finetuned_sds)
+    spec = GenomeSpec(check_search_method(method), tasks)
+    if set(genome.get("coefficients", {})) != set(tasks):
+        raise ParamError(f"genome coefficients must name the tasks {list(tasks)}, got {sorted(genome.get('coefficients', {}))}")
+    taus = dict(zip(tasks, task_vectors(pretrained_sd, [finetuned_sds[t] for t in tasks])))
+    decoded = Genome(dict(genome["coefficients"]), dict(genome["densities"]) if genome.get("densities") else None)
+    if spec.has_density and decoded.densities is None:
+        raise ParamError(f"a {method} genome needs densities")
+    return apply_task_vector(pretrained_sd, MergeDecoder(taus, seed=seed).merged(spec, decoded))
