@@ -275,6 +275,16 @@ def test_decoded_merges_equal_the_methods():
             torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-6)
 
 
+def test_ties_trim_masks_equal_the_method_for_every_grid_density():
+    taus = small_task_vectors(4)
+    decoder = MergeDecoder(taus)
+    spec = GenomeSpec("ties", ("x", "y", "z"))
+    for density in spec.density.values():
+        for index, task in enumerate(("x", "y", "z")):
+            trimmed = merge("ties", [taus[task]], lam=1.0, density=density)
+            np.testing.assert_array_equal(decoder._ties_mask(index, density).numpy(), flat(trimmed) != 0)
+
+
 def test_task_arithmetic_genome_is_the_weighted_sum():
     taus = small_task_vectors(1)
     got = MergeDecoder(taus).merged(GenomeSpec("task_arithmetic", ("x", "y", "z")), Genome({"x": 1.0, "y": 0.5, "z": 0.2}))

@@ -10,9 +10,10 @@ whose TIES and DARE take one scalar `lam` and one global density or drop rate:
 - Task Arithmetic: `M = sum_t c_t tau_t` (= `merge("task_arithmetic", [c_t tau_t], lam=1)`).
 - TIES: each task vector is scaled by its coefficient and trimmed at its own density
   before one TIES run with `density=1` (no further trim) and `lam=1`:
-  `M = merge("ties", [c_t trim_{d_t}(tau_t)], lam=1, density=1)`, with
-  `trim_d(tau_t)` = `merge("ties", [tau_t], lam=1, density=d)` (TIES of one task vector is
-  its trim: top `int(D d)` magnitudes, exactly the method's rule). When all `d_t` equal
+  `M = merge("ties", [c_t trim_{d_t}(tau_t)], lam=1, density=1)`, with `trim_d(tau_t)`
+  the method's trim rule (`weaving.methods.ties`: keep `|x| >= kth`, `kth` the
+  `(D - int(D d))`-th smallest magnitude), which equals `merge("ties", [tau_t], lam=1,
+  density=d)` (TIES of one task vector is its trim; the tests check it). When all `d_t` equal
   `d` this is `merge("ties", [c_t tau_t], lam=1, density=d)`: TIES's trim is per task
   vector and commutes with a positive scale, and its sign election and disjoint mean then
   see the scaled vectors. With all `c_t = c` it is TIES at `lam = c`.
@@ -232,6 +233,7 @@ class MergeDecoder:
         ])
         self.seed = int(seed)
         self._ties_masks: dict[tuple[int, float], torch.Tensor] = {}
+        self._sorted_magnitudes: dict[int, torch.Tensor] = {}
         self._dare_dropped: dict[tuple[int, float], torch.Tensor] = {}
 
     def unflatten(self, flat: torch.Tensor) -> TaskVector:
@@ -249,12 +251,25 @@ class MergeDecoder:
             raise ParamError(f"genome tasks {list(spec.tasks)} differ from the task vectors' {list(self.tasks)}")
 
     def _ties_mask(self, index: int, density: float) -> torch.Tensor:
-        from weaving import merge
+        """TIES's trim of task `index` at `density`: `|x| >= kth`, `kth` the `(P - k)`-th smallest
+        `|x|` (1-based), `k = int(P * density)`; all kept when `P - k < 1` (`weaving.methods.ties`).
+
+        The magnitudes are sorted once per task; the tests check every mask against
+        `merge("ties", [tau_t], density=d)`.
+        """
+        from weaving.methods.ties import ties_trim_rank
 
         key = (index, round(density, 10))
         if key not in self._ties_masks:
-            trimmed = merge("ties", [self.task_vector(self.tasks[index])], lam=1.0, density=density)
-            self._ties_masks[key] = torch.cat([trimmed[k].reshape(-1) != 0 for k in self.keys])
+            magnitudes = self._flat[index].abs()
+            rank = ties_trim_rank(magnitudes.numel(), density)
+            if rank is None:
+                mask = torch.ones_like(magnitudes, dtype=torch.bool)
+            else:
+                if index not in self._sorted_magnitudes:
+                    self._sorted_magnitudes[index] = torch.sort(magnitudes).values
+                mask = magnitudes >= self._sorted_magnitudes[index][rank]
+            self._ties_masks[key] = mask
         return self._ties_masks[key]
 
     def _dare_vector(self, index: int, density: float) -> torch.Tensor:
