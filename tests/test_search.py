@@ -462,3 +462,15 @@ def test_run_merge3_end_to_end_on_a_toy_problem():
     import json
 
     json.dumps(result)
+
+
+def test_run_merge3_with_nsga2_and_dare():
+    encoder, pretrained, finetuned, heads, val, _ = toy_problem()
+    result = run_merge3(encoder, pretrained, finetuned, heads, val, None, methods=["dare"], fitness_kinds=["mp_irt"],
+                        population_size=6, anchors_per_task=5, search_population=6, generations=2,
+                        algorithm="nsga2", seed=1)
+    search = result["searches"]["dare"]["mp_irt"]
+    assert set(search["best_genome"]) == {"coefficients", "densities"}
+    assert all(0.1 <= d <= 1.0 for d in search["best_genome"]["densities"].values())
+    assert search["final"]["test_accuracy"] is None and len(search["best_fitness_per_task"]) == 3
+    assert result["estimator_errors"]["dare"] == {"on_full_search_candidates": {}, "on_own_candidates": {}}

@@ -115,3 +115,17 @@ def test_search_refuses_bad_inputs(files, capsys, tmp_path):
     assert main(command(root, tagged, out="refused.json")) == 1
     assert "validation split overlaps the test split on 5 examples" in capsys.readouterr().err
     assert not (root / "refused.json").exists()
+
+
+def test_search_reads_a_saved_model_folder(files, tmp_path):
+    from weaving.clip.models import create_model, save_pretrained
+
+    root, _, paths = files
+    save_pretrained(create_model("weaving-tiny-clip", seed=0), "weaving-tiny-clip", tmp_path / "pretrained")
+    argv = command(root, paths, "--fitness", "anchors", out="from_dir.json")
+    at = argv.index("--arch")
+    argv[at:at + 4] = ["--model-dir", str(tmp_path / "pretrained")]
+    assert main(argv) == 0
+    result = json.loads((root / "from_dir.json").read_text())
+    assert result["inputs"]["model_dir"] == str(tmp_path / "pretrained")
+    assert result["searches"]["task_arithmetic"]["anchors"]["items_per_candidate"] == 8
