@@ -31,7 +31,7 @@ from weaving.io import open_source, sha256_file, write_safetensors
 
 PROG = "weaving"
 
-FAMILY_COMMANDS: tuple[str, ...] = ()
+FAMILY_COMMANDS: tuple[str, ...] = ("weaving.align.cli",)
 """Modules of the algorithm families that add a subcommand: each exposes
 ``add_subcommand(commands)``, which adds its parser and sets ``handler=function(args)``."""
 
