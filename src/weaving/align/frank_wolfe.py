@@ -26,6 +26,16 @@ uniform matrix ``1 + noise * U``, ``U`` uniform in ``[0, 1)`` from a seeded gene
 only randomness). At the end each ``P_X^g`` is rounded to the permutation maximising
 ``<P_X^g, P>``, and model ``X`` goes into the universe by ``P_X^T``.
 
+One deliberate difference (``anchor_first``, default on): model 0's matrices are held at the
+identity, so the universe is model 0's frame. This fixes the gauge freedom of the problem
+(``f`` is unchanged when every ``P_X`` is multiplied on the right by one permutation ``Q``, so
+every hard solution has an equivalent with ``P_0 = I``) without changing the objective, which
+still sums over all pairs. The reference moves all models at once from the same perturbed
+barycenter; measured here, that free start cannot separate two models (on ``{A, pi(A)}`` it
+never recovered ``pi`` within 200 iterations) and recovered exact copies in 51 of 72 small
+cases with 3 to 5 models, against 72 of 72 anchored, with comparable objectives on trained
+models. ``anchor_first=False`` runs the reference's free dynamics.
+
 Two implementation choices, neither changing the iterates the reference's rules define:
 along the segment, ``f`` is a polynomial in ``t`` (each tensor's ``U_X`` is multilinear in its
 groups' matrices), whose Bernstein coefficients are computed once per iteration from index
@@ -249,11 +259,12 @@ def frank_wolfe_sync_matching(
     init: str = "sinkhorn",
     init_noise: float = 0.01,
     dtype: torch.dtype = torch.float64,
-    anchor_first: bool | None = None,
+    anchor_first: bool = True,
     progress: bool = False,
 ) -> FrankWolfeResult:
     """Run C2M3's synchronised Frank-Wolfe matching (module docstring) on validated models
-    (see ``weaving.align.spec.check_models``); returns each model's permutation into the universe."""
+    (see ``weaving.align.spec.check_models``); returns each model's permutation into the universe.
+    ``anchor_first=False``: the reference's free dynamics (every model moves)."""
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ParamError(f"max_iter must be an int >= 0, got {max_iter!r}")
     if not isinstance(patience, int) or patience < 1:
@@ -261,8 +272,6 @@ def frank_wolfe_sync_matching(
     start = time.perf_counter()
     problem = _Problem(spec, state_dicts, dtype)
     matrices = initial_matrices(problem.sizes, len(state_dicts), seed=seed, init=init, noise=init_noise, dtype=dtype)
-    if anchor_first is None:
-        anchor_first = len(state_dicts) == 2
     if anchor_first:
         matrices[0] = {g: torch.eye(n, dtype=dtype) for g, n in problem.sizes.items()}
     partials = [problem.partials(x, m) for x, m in enumerate(matrices)]
