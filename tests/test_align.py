@@ -448,3 +448,14 @@ def test_experiment_end_to_end_on_synthetic_images():
     assert len(out["path"]["c2m3"]["loss"]) == 3 and out["path"]["lambdas"] == [0.0, 0.5, 1.0]
     with pytest.raises(ParamError, match="subset sizes"):
         run_alignment_experiment(trained, test_images, test_labels, repair_images=images, subset_sizes=(4,))
+
+
+def test_threaded_assignments_give_the_same_result():
+    spec = model_spec(small_model("mlp", 0))
+    models = [state(small_model("mlp", s)) for s in range(3)]
+    one = frank_wolfe_sync_matching(spec, models, seed=0, max_iter=20)
+    two = frank_wolfe_sync_matching(spec, models, seed=0, max_iter=20, workers=2)
+    assert one.objective_trace == two.objective_trace
+    assert all(torch.equal(a[g], b[g]) for a, b in zip(one.perms_to_universe, two.perms_to_universe) for g in a)
+    with pytest.raises(ParamError, match="workers"):
+        frank_wolfe_sync_matching(spec, models, seed=0, workers=0)

@@ -45,6 +45,8 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
                         help="how to align: c2m3 (default), mergemany, pairwise (to the first model) or naive")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--max-iter", type=int, default=200, help="C2M3 Frank-Wolfe iterations at most (default 200)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="threads for C2M3's linear assignments (default 1; the result does not depend on it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_align)
 
@@ -52,6 +54,8 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
 def _check_request(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
     if len(args.models) < 2:
         raise ParamError(f"--models: need at least 2 models to align, got {len(args.models)}")
+    if args.workers < 1:
+        raise ParamError(f"--workers must be >= 1, got {args.workers}")
     if args.max_iter < 0:
         raise ParamError(f"--max-iter must be >= 0, got {args.max_iter}")
     out = Path(args.out)
@@ -88,7 +92,8 @@ def run_align(args: argparse.Namespace) -> None:
     if spec is None:
         spec = builtin_spec(args.spec, state_dicts[0], source=str(args.models[0]))
     merged, result = merge_models(args.method, spec, state_dicts, names=[str(p) for p in args.models],
-                                  seed=args.seed, fw_max_iter=args.max_iter, progress=not args.quiet)
+                                  seed=args.seed, fw_max_iter=args.max_iter, workers=args.workers,
+                                  progress=not args.quiet)
     inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in args.models]
     metadata = {"format": "pt", "command": "align", "method": args.method, "seed": str(args.seed),
                 "spec": args.spec, "inputs": json.dumps(inputs)}

@@ -163,13 +163,14 @@ def run_alignment_experiment(
     fw_max_iter: int = 200,
     barrier_points: int = 11,
     batch_size: int = 500,
+    workers: int = 1,
     progress: bool = False,
 ) -> dict:
     """Merge subsets of ``trained`` with every merger and evaluate (module docstring).
 
     The first ``repair_samples`` of ``repair_images`` (uint8; training images in the pipeline)
     feed REPAIR, which runs on every merge when ``use_repair`` (default: for the ResNet only).
-    Returns a JSON-able dict.
+    ``workers``: threads for C2M3's linear assignments. Returns a JSON-able dict.
     """
     num_models = len(trained.state_dicts)
     unknown = [m for m in mergers if m not in MERGERS]
@@ -214,7 +215,7 @@ def run_alignment_experiment(
             "mergers": {},
         }
         for name in mergers:
-            result = align(name, spec, members, seed=seed, fw_max_iter=fw_max_iter)
+            result = align(name, spec, members, seed=seed, fw_max_iter=fw_max_iter, workers=workers)
             merged = average_state_dicts([apply_permutation(spec, sd, u) for sd, u in zip(members, result.perms)])
             record: dict = {**score(merged), "seconds": result.seconds, **result.info}
             if name != "naive" and n >= 3:

@@ -50,6 +50,7 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,20 +164,34 @@ class _Problem:
         return out
 
 
+def _universe_sums(problem: _Problem, partials: Sequence[Mapping[str, Mapping]]) -> dict[str, torch.Tensor]:
+    sums: dict[str, torch.Tensor] = {}
+    for key in problem.keys:
+        total = partials[0][key][frozenset()].clone()
+        for table in partials[1:]:
+            total += table[key][frozenset()]
+        sums[key] = total
+    return sums
+
+
 def _objective_from_partials(problem: _Problem, partials: Sequence[Mapping[str, Mapping]]) -> float:
     total = 0.0
-    for key in problem.keys:
+    for key, summed in _universe_sums(problem, partials).items():
         universe = [p[key][frozenset()] for p in partials]
-        summed = torch.stack(universe).sum(0)
         total += 0.5 * (float((summed * summed).sum()) - sum(float((u * u).sum()) for u in universe))
     return total
 
 
-def _gradients(problem: _Problem, partials: Sequence[Mapping[str, Mapping]]) -> list[Matrices]:
-    sums = {key: torch.stack([p[key][frozenset()] for p in partials]).sum(0) for key in problem.keys}
-    grads: list[Matrices] = []
+def _gradients(problem: _Problem, partials: Sequence[Mapping[str, Mapping]],
+               skip: frozenset[int] = frozenset()) -> list[Matrices | None]:
+    sums = _universe_sums(problem, partials)
+    dtype = sums[problem.keys[0]].dtype
+    grads: list[Matrices | None] = []
     for model, table in enumerate(partials):
-        grad = {g: torch.zeros((n, n), dtype=sums[problem.keys[0]].dtype) for g, n in problem.sizes.items()}
+        if model in skip:
+            grads.append(None)
+            continue
+        grad = {g: torch.zeros((n, n), dtype=dtype) for g, n in problem.sizes.items()}
         for key in problem.keys:
             others = sums[key] - table[key][frozenset()]
             for axis, group in problem.axes[key]:
@@ -200,7 +215,7 @@ def sync_gradient(
 ) -> list[Matrices]:
     """``d f / d P_X^g`` of the module docstring, per model and group."""
     problem = _Problem(spec, state_dicts, dtype)
-    return _gradients(problem, [problem.partials(x, m) for x, m in enumerate(matrices)])
+    return _gradients(problem, [problem.partials(x, m) for x, m in enumerate(matrices)])  # type: ignore[return-value]
 
 
 def _segment_polynomial(
@@ -260,20 +275,26 @@ def frank_wolfe_sync_matching(
     init_noise: float = 0.01,
     dtype: torch.dtype = torch.float64,
     anchor_first: bool = True,
+    workers: int = 1,
     progress: bool = False,
 ) -> FrankWolfeResult:
     """Run C2M3's synchronised Frank-Wolfe matching (module docstring) on validated models
     (see ``weaving.align.spec.check_models``); returns each model's permutation into the universe.
-    ``anchor_first=False``: the reference's free dynamics (every model moves)."""
+    ``anchor_first=False``: the reference's free dynamics (every model moves). ``workers > 1``
+    solves each iteration's linear assignments in that many threads (scipy releases the GIL);
+    the result does not depend on it."""
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ParamError(f"max_iter must be an int >= 0, got {max_iter!r}")
     if not isinstance(patience, int) or patience < 1:
         raise ParamError(f"patience must be an int >= 1, got {patience!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ParamError(f"workers must be an int >= 1, got {workers!r}")
     start = time.perf_counter()
     problem = _Problem(spec, state_dicts, dtype)
     matrices = initial_matrices(problem.sizes, len(state_dicts), seed=seed, init=init, noise=init_noise, dtype=dtype)
     if anchor_first:
         matrices[0] = {g: torch.eye(n, dtype=dtype) for g, n in problem.sizes.items()}
+    anchored = frozenset({0}) if anchor_first else frozenset()
     partials = [problem.partials(x, m) for x, m in enumerate(matrices)]
     trace = [_objective_from_partials(problem, partials)]
     steps: list[float] = []
@@ -281,11 +302,15 @@ def frank_wolfe_sync_matching(
     stalled = 0
     iterations = 0
     bar = tqdm(range(max_iter), desc="C2M3 Frank-Wolfe", unit="it", disable=not progress, leave=False)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     for iterations in range(1, max_iter + 1):
-        gradients = _gradients(problem, partials)
-        vertices = [{g: solve_lap(grad) for g, grad in model_grads.items()} for model_grads in gradients]
-        if anchor_first:
-            vertices[0] = {g: torch.arange(n) for g, n in problem.sizes.items()}
+        gradients = _gradients(problem, partials, anchored)
+        jobs = [(x, g, grad) for x, model_grads in enumerate(gradients) if model_grads is not None
+                for g, grad in model_grads.items()]
+        solved = list(pool.map(solve_lap, [grad for _, _, grad in jobs])) if pool else [solve_lap(j[2]) for j in jobs]
+        vertices = [{g: torch.arange(n) for g, n in problem.sizes.items()} for _ in gradients]
+        for (x, g, _), d in zip(jobs, solved):
+            vertices[x][g] = d
         grams = _segment_polynomial(problem, partials, vertices)
         at_zero = _evaluate_segment(grams, 0.0)
         searched = float(fminbound(lambda t, grams=grams: -_evaluate_segment(grams, t), 0.0, 1.0,
@@ -296,11 +321,13 @@ def frank_wolfe_sync_matching(
             step = 0.0
         if step > 0.0:
             for model, model_vertices in enumerate(vertices):
+                if model in anchored:
+                    continue
                 for group, d in model_vertices.items():
                     vertex = torch.zeros_like(matrices[model][group])
                     vertex[torch.arange(d.numel()), d] = 1.0
                     matrices[model][group] = (1.0 - step) * matrices[model][group] + step * vertex
-            partials = [problem.partials(x, m) for x, m in enumerate(matrices)]
+            partials = [partials[x] if x in anchored else problem.partials(x, m) for x, m in enumerate(matrices)]
             trace.append(_objective_from_partials(problem, partials))
         else:
             trace.append(trace[-1])
@@ -315,6 +342,8 @@ def frank_wolfe_sync_matching(
         if stalled >= patience:
             break
     bar.close()
+    if pool:
+        pool.shutdown()
     hard = [{g: solve_lap(m) for g, m in model_matrices.items()} for model_matrices in matrices]
     # P = I[p] maps the universe to the model; P^T (index argsort(p)) takes the model into the universe.
     perms_to_universe = [{g: torch.argsort(p) for g, p in model_hard.items()} for model_hard in hard]

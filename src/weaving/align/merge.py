@@ -52,12 +52,14 @@ def align(
     *,
     seed: int = 0,
     fw_max_iter: int = 200,
+    workers: int = 1,
     progress: bool = False,
 ) -> AlignmentResult:
     """Permutations of every model into ``method``'s common frame (table in the module docstring).
 
     The models must already satisfy ``check_models(spec, state_dicts)``; ``seed`` drives every
-    random choice (group order of weight matching, model order of MergeMany, C2M3's start)."""
+    random choice (group order of weight matching, model order of MergeMany, C2M3's start);
+    ``workers``: threads for C2M3's linear assignments (same result for any value)."""
     if method not in MERGERS:
         raise ParamError(f"unknown merger {method!r}; valid: {', '.join(MERGERS)}")
     start = time.perf_counter()
@@ -71,7 +73,8 @@ def align(
         perms, rounds = merge_many(spec, state_dicts, seed=seed)
         info["rounds"] = rounds
     else:
-        result = frank_wolfe_sync_matching(spec, state_dicts, seed=seed, max_iter=fw_max_iter, progress=progress)
+        result = frank_wolfe_sync_matching(spec, state_dicts, seed=seed, max_iter=fw_max_iter, workers=workers,
+                                           progress=progress)
         perms = result.perms_to_universe
         info.update({"iterations": result.iterations, "objective_trace": result.objective_trace,
                      "objective_rounded": result.objective_rounded, "step_sizes": result.step_sizes})
@@ -86,6 +89,7 @@ def merge_models(
     names: Sequence[str] | None = None,
     seed: int = 0,
     fw_max_iter: int = 200,
+    workers: int = 1,
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], AlignmentResult]:
     """Validate (``check_models``: at least 2 models, keys, shapes, finite values; errors name
@@ -93,7 +97,7 @@ def merge_models(
     if method not in MERGERS:
         raise ParamError(f"unknown merger {method!r}; valid: {', '.join(MERGERS)}")
     check_models(spec, state_dicts, names)
-    result = align(method, spec, state_dicts, seed=seed, fw_max_iter=fw_max_iter, progress=progress)
+    result = align(method, spec, state_dicts, seed=seed, fw_max_iter=fw_max_iter, workers=workers, progress=progress)
     return universe_average(spec, state_dicts, result.perms), result
 
 
