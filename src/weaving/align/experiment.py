@@ -8,7 +8,8 @@ first ``n`` models (and optionally more subsets drawn with the seed) with every 
 REPAIRs the merges of conv nets, and returns JSON-able metrics (layout in ``docs/align.md``):
 test accuracy and loss of each merge against the mean of its endpoints', cycle errors of each
 merger's pairwise maps, C2M3's Frank-Wolfe objective trace, run times, and the test loss and
-accuracy along the linear path between models 0 and 1, unaligned and aligned by C2M3.
+accuracy along the linear path between models 0 and 1, unaligned and aligned by C2M3; and
+per subset size, each merger's mean (and range) over the subsets of that size (``summary``).
 """
 
 from __future__ import annotations
@@ -235,6 +236,24 @@ def run_alignment_experiment(
                 universe_pair = [apply_permutation(spec, members[position[i]], result.perms[position[i]])
                                  for i in (0, 1)]
         subsets_out.append(entry)
+    summary = []
+    for n in subset_sizes:
+        group = [entry for entry in subsets_out if entry["size"] == n]
+        merged_stats: dict = {}
+        for name in mergers:
+            records = [entry["mergers"][name] for entry in group]
+            stats: dict = {k: float(np.mean([r[k] for r in records])) for k in ("accuracy", "loss")}
+            stats["accuracy_min"] = float(min(r["accuracy"] for r in records))
+            stats["accuracy_max"] = float(max(r["accuracy"] for r in records))
+            if use_repair:
+                stats["repair"] = {k: float(np.mean([r["repair"][k] for r in records])) for k in ("accuracy", "loss")}
+            if "cycle_error" in records[0]:
+                stats["cycle_error_max"] = max(r["cycle_error"]["max"] for r in records)
+            merged_stats[name] = stats
+        summary.append({"size": n, "subsets": len(group),
+                        "endpoint_mean": {k: float(np.mean([e["endpoint_mean"][k] for e in group]))
+                                          for k in ("accuracy", "loss")},
+                        "mergers": merged_stats})
     lambdas = [float(v) for v in np.linspace(0.0, 1.0, barrier_points)]
     path = {"lambdas": lambdas,
             "naive": interpolation_path(trained.build, trained.state_dicts[0], trained.state_dicts[1], x_test, y_test,
@@ -254,6 +273,7 @@ def run_alignment_experiment(
         "train_final_loss": [losses[-1] for losses in trained.train_losses] if trained.train_losses else None,
         "endpoints": endpoints,
         "subsets": subsets_out,
+        "summary": summary,
         "path": path,
         "seconds": time.perf_counter() - start,
     }
