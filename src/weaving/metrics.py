@@ -93,6 +93,11 @@ PerTask = dict[str, TaskAccuracy]
 
 # --- the file models -----------------------------------------------------------------------------------------------
 
+def _keys(*names: str) -> dict[str, Any]:
+    """Schema note for `contract_markdown`: what the keys of a (nested) map name, outermost first."""
+    return {"keys": list(names)}
+
+
 M = TypeVar("M", bound="MetricsFile")
 
 
@@ -101,8 +106,10 @@ class MetricsFile:
 
     layout: ClassVar[str]
     """Where the file lives, relative to the project root (`docs/contracts.md`, "Metrics")."""
-    writer: ClassVar[str]
-    """The stage that writes it."""
+    writer: ClassVar[tuple[str, str]]
+    """The stage that writes it and its script."""
+    keys: ClassVar[tuple[str, ...]] = ()
+    """For a file that is one object of named entries, what the keys name (`contract_markdown`)."""
 
     def to_json_data(self) -> Any:
         """The JSON document: keys in field order, values as stored."""
@@ -157,22 +164,26 @@ class WeaveMetrics(_Record):
     """
 
     layout: ClassVar[str] = "metrics/<model>/weave/<setup>/<method>.json"
-    writer: ClassVar[str] = "weave@<model>-<setup>-<method> (stages/weave.py)"
+    writer: ClassVar[tuple[str, str]] = ("weave@<model>-<setup>-<method>", "stages/weave.py")
 
     model: Name = Field(description="the model (params `models`); the file's path names it too")
     setup: Name = Field(description="the setup (`mtl`, `cl`, `dg`: `weaving.catalogue.SETUP_ENTRIES`)")
     method: Name = Field(description="the merge method (`weaving.catalogue.METHOD_ENTRIES`)")
-    hparams: dict[str, HParamValue] = Field(description="the method's hyper-parameters as merged")
+    hparams: dict[str, HParamValue] = Field(description="the method's hyper-parameters as merged",
+                                            json_schema_extra=_keys("hparam"))
     lambdas: list[Number] = Field(min_length=1, description="the search space of lam, in the order evaluated")
     recommended_lam: Number = Field(description="the lam its authors recommend")
     baseline_lam: Number = Field(description="the data-free baseline's lam (1)")
     tasks: list[Name] = Field(min_length=1, description="the evaluation units, in order")
-    baseline: PerTask = Field(description="accuracy at `baseline_lam`, per task")
-    recommended: PerTask = Field(description="accuracy at `recommended_lam`, per task")
+    baseline: PerTask = Field(description="accuracy at `baseline_lam`, per task", json_schema_extra=_keys("task"))
+    recommended: PerTask = Field(description="accuracy at `recommended_lam`, per task",
+                                 json_schema_extra=_keys("task"))
     sweep: dict[str, list[TaskAccuracy]] = Field(
-        description="per task, the accuracy at each lam of `lambdas` (`sweep[task][i]` at `lambdas[i]`)")
+        description="per task, the accuracy at each lam of `lambdas` (`sweep[task][i]` at `lambdas[i]`)",
+        json_schema_extra=_keys("task"))
     weaving: dict[str, dict[str, PerTask]] = Field(
-        description="`weaving[pooling][pool_over][task]`: accuracy of the woven model")
+        description="`weaving[pooling][pool_over][task]`: accuracy of the woven model",
+        json_schema_extra=_keys("pooling", "pool_over", "task"))
 
     @model_validator(mode="after")
     def _consistent(self) -> WeaveMetrics:
@@ -246,12 +257,14 @@ class ReferenceMetrics(_Record):
     the merged ones. A task absent from a map is a gap the report leaves empty."""
 
     layout: ClassVar[str] = "metrics/<model>/reference.json"
-    writer: ClassVar[str] = "taskvectors@<model> (stages/taskvectors.py)"
+    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>", "stages/taskvectors.py")
 
     model: Name = Field(description="the model; the file's path names it too")
-    zeroshot: dict[str, Accuracy] = Field(description="per multi-task dataset, the pretrained model's accuracy")
-    finetuned: dict[str, Accuracy] = Field(description="per multi-task dataset, its own fine-tuned model's accuracy")
-    cl: dict[str, ContinualReference] = Field(description="per continual benchmark")
+    zeroshot: dict[str, Accuracy] = Field(description="per multi-task dataset, the pretrained model's accuracy",
+                                          json_schema_extra=_keys("task"))
+    finetuned: dict[str, Accuracy] = Field(description="per multi-task dataset, its own fine-tuned model's accuracy",
+                                           json_schema_extra=_keys("task"))
+    cl: dict[str, ContinualReference] = Field(description="per continual benchmark", json_schema_extra=_keys("benchmark"))
 
 
 class SimilarityMatrix(BaseModel):
@@ -280,18 +293,19 @@ class SimilarityMetrics(_Record):
     (the paper's Figure 3)."""
 
     layout: ClassVar[str] = "metrics/<model>/similarity.json"
-    writer: ClassVar[str] = "taskvectors@<model> (stages/taskvectors.py)"
+    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>", "stages/taskvectors.py")
 
     individual: SimilarityMatrix = Field(description="the task vectors fine-tuned on each multi-task dataset")
     sequential: dict[str, SimilarityMatrix] = Field(
-        description="per continual benchmark, the task vectors of its sequential splits")
+        description="per continual benchmark, the task vectors of its sequential splits",
+        json_schema_extra=_keys("benchmark"))
 
 
 class FinetuneMetrics(_Record):
     """One fine-tuned image encoder: its test accuracy (percent) and cost."""
 
     layout: ClassVar[str] = "metrics/<model>/finetune/<task>.json"
-    writer: ClassVar[str] = "finetune@<model>-<task> (stages/finetune.py)"
+    writer: ClassVar[tuple[str, str]] = ("finetune@<model>-<task>", "stages/finetune.py")
 
     task: Name = Field(description="the dataset fine-tuned on")
     accuracy: Accuracy = Field(description="test accuracy with the task's zero-shot head (rounded to 4 decimals)")
@@ -315,7 +329,7 @@ class SequentialMetrics(_Record):
     is i; no class in two splits; `final_accuracy` is the last split's `accuracy_all`."""
 
     layout: ClassVar[str] = "metrics/<model>/sequential/<benchmark>.json"
-    writer: ClassVar[str] = "finetune_sequential@<model>-<benchmark> (stages/finetune_sequential.py)"
+    writer: ClassVar[tuple[str, str]] = ("finetune_sequential@<model>-<benchmark>", "stages/finetune_sequential.py")
 
     benchmark: Name = Field(description="the continual benchmark (params `cl_benchmarks`)")
     dataset: Name = Field(description="its dataset")
@@ -342,12 +356,13 @@ class SequentialMetrics(_Record):
 
 
 class ZeroshotMetrics(MetricsFile, RootModel[dict[str, Accuracy]]):
-    """`{dataset: accuracy}`: the pretrained model's zero-shot test accuracy (percent, rounded to 4
-    decimals) on every dataset of params `datasets`, with its zero-shot head."""
+    """The pretrained model's zero-shot test accuracy (percent, rounded to 4 decimals) on every dataset
+    of params `datasets`, with its zero-shot head."""
 
     model_config = ConfigDict(frozen=True)
     layout: ClassVar[str] = "metrics/<model>/zeroshot.json"
-    writer: ClassVar[str] = "heads@<model> (stages/heads.py)"
+    writer: ClassVar[tuple[str, str]] = ("heads@<model>", "stages/heads.py")
+    keys: ClassVar[tuple[str, ...]] = ("dataset",)
 
 
 class PretrainMetrics(_Record):
@@ -355,7 +370,7 @@ class PretrainMetrics(_Record):
     the training keys are all present for `pipeline` and all absent for `openai`."""
 
     layout: ClassVar[str] = "metrics/<model>/pretrain.json"
-    writer: ClassVar[str] = "pretrain@<model> (stages/pretrain.py)"
+    writer: ClassVar[tuple[str, str]] = ("pretrain@<model>", "stages/pretrain.py")
     TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("losses", "steps", "seconds", "resumed_from", "images", "datasets")
 
     source: Literal["pipeline", "openai"] = Field(
@@ -521,11 +536,13 @@ def describe(error: ValidationError, model: type | None = None) -> list[str]:
 
 # --- the contract, rendered for docs/contracts.md ------------------------------------------------------------------
 
-def _type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+def _type_text(schema: dict[str, Any], keys: Sequence[str] = ()) -> str:
+    """A JSON schema as words: `list of number in [0, 100]`, `{task: number in [0, 100]}`, ..."""
+    keys = list(schema.get("keys", keys))
     if "$ref" in schema:
         return f"`{schema['$ref'].rsplit('/', 1)[-1]}`"
     if "anyOf" in schema:
-        parts = [_type_text(s, defs) for s in schema["anyOf"] if s.get("type") != "null"]
+        parts = [_type_text(s, keys) for s in schema["anyOf"] if s.get("type") != "null"]
         nullable = any(s.get("type") == "null" for s in schema["anyOf"])
         return " or ".join(parts) + (" (optional)" if nullable else "")
     if "enum" in schema or "const" in schema:
@@ -533,9 +550,10 @@ def _type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     kind = schema.get("type")
     if kind == "array":
         size = f" (at least {schema['minItems']})" if schema.get("minItems") else ""
-        return f"list{size} of {_type_text(schema.get('items', {}), defs)}"
+        return f"list{size} of {_type_text(schema.get('items', {}), keys)}"
     if kind == "object":
-        return f"{{name: {_type_text(schema.get('additionalProperties', {}), defs)}}}"
+        key, rest = (keys[0], keys[1:]) if keys else ("name", [])
+        return f"{{{key}: {_type_text(schema.get('additionalProperties', {}), rest)}}}"
     text = {"number": "number", "integer": "integer", "string": "string", "boolean": "true/false"}.get(kind, "any")
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None and high is not None:
@@ -547,11 +565,9 @@ def _type_text(schema: dict[str, Any], defs: dict[str, Any]) -> str:
 
 def _fields_table(model: type[BaseModel]) -> list[str]:
     schema = model.model_json_schema()
-    defs = schema.get("$defs", {})
     lines = ["| key | type | meaning |", "|---|---|---|"]
     for name, field in model.model_fields.items():
-        prop = schema["properties"][name]
-        lines.append(f"| `{name}` | {_type_text(prop, defs)} | {field.description or ''} |")
+        lines.append(f"| `{name}` | {_type_text(schema['properties'][name])} | {field.description or ''} |")
     return lines
 
 
@@ -571,9 +587,11 @@ def contract_markdown() -> str:
         "configured pooling and pool_over.",
     ]
     for model in METRICS_FILES:
-        out += ["", f"### `{model.__name__}`: `{model.layout}`", "", f"Written by `{model.writer}`. {_doc(model)}", ""]
+        stage, script = model.writer
+        out += ["", f"### `{model.__name__}`: `{model.layout}`", "",
+                f"Written by the stage `{stage}` (`{script}`). {_doc(model)}", ""]
         if issubclass(model, RootModel):
-            out.append("The whole file is the object (no fixed keys).")
+            out.append(f"The whole file: {_type_text(model.model_json_schema(), model.keys)}.")
         else:
             out += _fields_table(model)
     for model in nested:
