@@ -202,7 +202,8 @@ class WeaveMetrics(_Record):
         for pooling, by_pool_over in self.weaving.items():
             problems.registered(("weaving", pooling), by_pool_over, POOL_OVER, "pool_over")
             for pool_over, per_task in by_pool_over.items():
-                problems.covers(("weaving", pooling, pool_over), per_task, self.tasks)
+                if pooling in POOLING_ENTRIES and pool_over in POOL_OVER:
+                    problems.covers(("weaving", pooling, pool_over), per_task, self.tasks)
         problems.raise_if_any(type(self).__name__, self)
         return self
 
