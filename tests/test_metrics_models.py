@@ -121,6 +121,7 @@ def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: P
 
     from weaving_pipeline.params import load_params
 
+    torch.set_num_threads(1)
     stage = _load_stage("taskvectors", monkeypatch)
     params = load_params(ROOT / "params.yaml")
     generator = torch.Generator().manual_seed(0)
@@ -352,3 +353,48 @@ def test_docs_state_the_models_as_generated() -> None:
     assert contract_markdown() in docs, "regenerate the Metrics section: weaving.metrics.contract_markdown()"
     for model in METRICS_FILES:
         assert f"### `{model.__name__}`: `{model.layout}`" in docs
+
+
+def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path, monkeypatch) -> None:
+    """The weave stage's own code on stand-ins for the CLIP side (random task vectors, an `evaluate`
+    that scores a merged encoder by its mean): the file it writes reads back through the model,
+    with every task, lam, pooling and pool_over of the params, and the numbers it was given."""
+    import torch
+
+    import weaving.clip
+    import weaving.io
+    from weaving_pipeline.params import load_params
+
+    torch.set_num_threads(1)
+    stage = _load_stage("weave", monkeypatch)
+    params = load_params(ROOT / "params.yaml")
+    generator = torch.Generator().manual_seed(0)
+    pretrained = {"w": torch.zeros(8)}
+    taus = {t: {"w": torch.rand(8, generator=generator) - 0.5} for t in params.suite.mtl}
+    scores: list[float] = []
+
+    def evaluate(model, visual, head, cache, batch_size):
+        score = float(torch.sigmoid(visual["w"].mean()) * 100)
+        scores.append(score)
+        return score
+
+    monkeypatch.setattr(stage, "pipeline_task_vectors", lambda p, m, s: (pretrained, taus, {}))
+    monkeypatch.setattr(stage, "save_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(weaving.clip, "load_pretrained", lambda *args, **kwargs: None)
+    monkeypatch.setattr(weaving.clip, "evaluate", evaluate)
+    monkeypatch.setattr(weaving.io, "load_state_dict", lambda path: {"weight": torch.zeros(1)})
+    monkeypatch.setattr(weaving.io, "sha256_file", lambda path: "0" * 64)
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: {})
+    monkeypatch.chdir(tmp_path)
+    returned = stage.weave_stage(params, "tiny-clip", "dg", "ties")
+
+    record = WeaveMetrics.read(tmp_path / "metrics" / "tiny-clip" / "weave" / "dg" / "ties.json")
+    assert record == returned
+    assert record.tasks == list(params.suite.mtl)
+    assert record.lambdas == params.search_space("ties", "dg")
+    assert record.hparams == dict(params.method_params["ties"].hparams)
+    assert list(record.weaving) == list(params.weave.poolings)
+    assert all(list(by_over) == list(params.weave.pool_over) for by_over in record.weaving.values())
+    evaluated = {v for per_task in (record.baseline, *[dict(enumerate(s)) for s in record.sweep.values()])
+                 for v in per_task.values()}
+    assert evaluated <= set(scores)

@@ -204,7 +204,7 @@ class WeaveMetrics(_Record):
             for pool_over, per_task in by_pool_over.items():
                 if pooling in POOLING_ENTRIES and pool_over in POOL_OVER:
                     problems.covers(("weaving", pooling, pool_over), per_task, self.tasks)
-        problems.raise_if_any(type(self).__name__, self)
+        problems.raise_if_any(type(self).__name__)
         return self
 
     def mean(self, per_task: dict[str, float]) -> float:
@@ -285,7 +285,7 @@ class SimilarityMatrix(BaseModel):
             shape = f"{len(self.matrix)} row(s) of length(s) {sorted({len(row) for row in self.matrix})}"
             problems.add(("matrix",), f"must be a {n}x{n} list of numbers, one row and one column per label "
                                       f"in 'labels', got {shape}")
-        problems.raise_if_any(type(self).__name__, self)
+        problems.raise_if_any(type(self).__name__)
         return self
 
 
@@ -352,7 +352,7 @@ class SequentialMetrics(_Record):
         if self.final_accuracy != self.splits[-1].accuracy_all:
             problems.add(("final_accuracy",), f"is {self.final_accuracy} but the last split's 'accuracy_all' is "
                                               f"{self.splits[-1].accuracy_all}")
-        problems.raise_if_any(type(self).__name__, self)
+        problems.raise_if_any(type(self).__name__)
         return self
 
 
@@ -394,7 +394,7 @@ class PretrainMetrics(_Record):
                              "(source 'pipeline' logs its training)")
         if self.source == "openai" and given:
             problems.add((), f"key(s) {given} belong to source 'pipeline', not 'openai'")
-        problems.raise_if_any(type(self).__name__, self)
+        problems.raise_if_any(type(self).__name__)
         return self
 
     def to_json_data(self) -> dict[str, Any]:
@@ -460,7 +460,7 @@ class _ContractProblems:
         if unknown:
             self.add(loc, f"names unregistered {kind}(s) {unknown}; registered: {choices(valid)}")
 
-    def raise_if_any(self, title: str, _input: object) -> None:
+    def raise_if_any(self, title: str) -> None:
         if self.details:
             raise ValidationError.from_exception_data(title, self.details)
 
