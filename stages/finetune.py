@@ -11,10 +11,10 @@ def finetune_task(params: Params, model_name: str, task: str) -> None:
 
     import torch
 
-    from weaving.atomic import write_json
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import load_prepared
     from weaving.io import load_state_dict
+    from weaving.metrics import FinetuneMetrics
 
     recipe_fields = params.finetune.recipe_for(task)
     recipe = FinetuneRecipe(**{k: v for k, v in recipe_fields.items() if v is not None})
@@ -31,8 +31,8 @@ def finetune_task(params: Params, model_name: str, task: str) -> None:
                  metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
     cache = torch.load(paths.test_cache(model_name, task), weights_only=True)
     accuracy = evaluate(model, visual, head, cache, batch_size=params.eval.batch_size)
-    write_json(paths.metrics(model_name, "finetune", f"{task}.json"),
-               {"task": task, "accuracy": round(accuracy, 4), "train_images": len(train), "seconds": round(seconds, 1)})
+    FinetuneMetrics(task=task, accuracy=round(accuracy, 4), train_images=len(train),
+                    seconds=round(seconds, 1)).write(paths.metrics(model_name, "finetune", f"{task}.json"))
     print(f"[finetune@{model_name}-{task}] test accuracy {accuracy:.2f}% ({len(train)} training images)")
 
 

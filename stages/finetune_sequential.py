@@ -14,10 +14,11 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
 
     import torch
 
-    from weaving.atomic import atomic_dir, write_json
+    from weaving.atomic import atomic_dir
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import class_splits, load_prepared
     from weaving.io import load_state_dict
+    from weaving.metrics import SequentialMetrics, SequentialSplit
 
     benchmark = params.cl_benchmarks[name]
     recipe_fields = params.sequential.recipe_for(benchmark.dataset)
@@ -40,18 +41,17 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
                 continue
             save_weights(staging / f"split_{i}.safetensors", visual,
                          metadata={"benchmark": name, "split": str(i), "classes": json.dumps(classes)})
-            history.append({
-                "split": i, "classes": classes,
-                "accuracy_split": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size,
-                                                 class_subset=classes), 4),
-                "accuracy_all": round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size), 4),
-            })
+            history.append(SequentialSplit(
+                split=i, classes=classes,
+                accuracy_split=round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size,
+                                              class_subset=classes), 4),
+                accuracy_all=round(evaluate(model, visual, head, cache, batch_size=params.eval.batch_size), 4),
+            ))
         if not is_main_process():
             raise SystemExit(0)
-    write_json(paths.metrics(model_name, "sequential", f"{name}.json"),
-               {"benchmark": name, "dataset": benchmark.dataset, "splits": history,
-                "final_accuracy": history[-1]["accuracy_all"]})
-    print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1]['accuracy_all']:.2f}% on all classes")
+    SequentialMetrics(benchmark=name, dataset=benchmark.dataset, splits=history,
+                      final_accuracy=history[-1].accuracy_all).write(paths.metrics(model_name, "sequential", f"{name}.json"))
+    print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1].accuracy_all:.2f}% on all classes")
 
 
 def main() -> None:

@@ -10,9 +10,10 @@ def make_heads(params: Params, model_name: str) -> None:
 
     from tqdm.auto import tqdm
 
-    from weaving.atomic import save_torch, write_json
+    from weaving.atomic import save_torch
     from weaving.clip import cache_eval_tensors, evaluate, load_pretrained, zeroshot_head
     from weaving.datasets import load_prepared
+    from weaving.metrics import ZeroshotMetrics
 
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     pretrained_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
@@ -25,7 +26,7 @@ def make_heads(params: Params, model_name: str) -> None:
         cache = cache_eval_tensors(model, dataset.split("test"))
         save_torch(paths.test_cache(model_name, name), cache)
         zeroshot[name] = round(evaluate(model, pretrained_visual, head, cache, batch_size=params.eval.batch_size), 4)
-    write_json(paths.metrics(model_name, "zeroshot.json"), zeroshot)
+    ZeroshotMetrics(zeroshot).write(paths.metrics(model_name, "zeroshot.json"))
     print(f"[heads@{model_name}] zero-shot accuracy: " + ", ".join(f"{k} {v:.1f}" for k, v in zeroshot.items()))
 
 

@@ -11,21 +11,22 @@ from weaving_pipeline.params import Params
 
 
 def pretrain_model(params: Params, model_name: str) -> None:
-    from weaving.atomic import write_json
     from weaving.clip import create_model, pretrain, save_pretrained
     from weaving.datasets import load_prepared
+    from weaving.metrics import PretrainMetrics
 
     spec = params.model_specs[model_name]
     if spec.pretrained == "openai":
         model = create_model(spec.arch, pretrained="openai")
-        log = {"source": "openai", "arch": spec.arch}
+        log = PretrainMetrics(source="openai", arch=spec.arch)
     else:
         recipe = params.pretrain
         model = create_model(spec.arch, pretrained=None, seed=params.seed)
         datasets = [load_prepared(paths.prepared(name)) for name in params.datasets]
-        log = {"source": "pipeline", "arch": spec.arch, **pretrain(model, datasets=datasets, recipe=recipe, seed=params.seed)}
+        log = PretrainMetrics(source="pipeline", arch=spec.arch,
+                              **pretrain(model, datasets=datasets, recipe=recipe, seed=params.seed))
     save_pretrained(model, spec.arch, paths.pretrained(model_name))
-    write_json(paths.metrics(model_name, "pretrain.json"), log)
+    log.write(paths.metrics(model_name, "pretrain.json"))
 
 
 def main() -> None:

@@ -12,38 +12,43 @@ from weaving_pipeline.params import Params
 
 
 def task_vector_metrics(params: Params, model_name: str) -> None:
-    import json
-
     import torch
 
-    from weaving.atomic import write_json
+    from weaving.metrics import (
+        ContinualReference,
+        FinetuneMetrics,
+        ReferenceMetrics,
+        SequentialMetrics,
+        SimilarityMatrix,
+        SimilarityMetrics,
+        ZeroshotMetrics,
+    )
 
-    def cosine_matrix(taus: dict) -> dict:
+    def cosine_matrix(taus: dict) -> SimilarityMatrix:
         names = list(taus)
         flat = torch.stack([torch.cat([v.flatten().double() for _, v in sorted(taus[n].items())]) for n in names])
         unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        return {"labels": names, "matrix": (unit @ unit.T).clamp(-1, 1).round(decimals=4).tolist()}
+        return SimilarityMatrix(labels=names, matrix=(unit @ unit.T).clamp(-1, 1).round(decimals=4).tolist())
 
     _, individual, _ = pipeline_task_vectors(params, model_name, "mtl")
     _, sequential, splits = pipeline_task_vectors(params, model_name, "cl")
-    similarity = {
-        "individual": cosine_matrix(individual),
-        "sequential": {b: cosine_matrix({n.split("/")[-1]: sequential[n] for n in names}) for b, names in splits.items()},
-    }
-    write_json(paths.metrics(model_name, "similarity.json"), similarity)
+    SimilarityMetrics(
+        individual=cosine_matrix(individual),
+        sequential={b: cosine_matrix({n.split("/")[-1]: sequential[n] for n in names}) for b, names in splits.items()},
+    ).write(paths.metrics(model_name, "similarity.json"))
 
     metrics = paths.metrics(model_name)
-    zeroshot = json.loads((metrics / "zeroshot.json").read_text())
-    reference = {
-        "model": model_name,
-        "zeroshot": {t: zeroshot[t] for t in params.suite.mtl},
-        "finetuned": {t: json.loads((metrics / "finetune" / f"{t}.json").read_text())["accuracy"] for t in params.suite.mtl},
-        "cl": {},
-    }
+    zeroshot = ZeroshotMetrics.read(metrics / "zeroshot.json").root
+    cl = {}
     for benchmark in params.suite.cl:
-        seq = json.loads((metrics / "sequential" / f"{benchmark}.json").read_text())
-        reference["cl"][benchmark] = {"zeroshot": zeroshot[seq["dataset"]], "sequential_final": seq["final_accuracy"]}
-    write_json(metrics / "reference.json", reference)
+        seq = SequentialMetrics.read(metrics / "sequential" / f"{benchmark}.json")
+        cl[benchmark] = ContinualReference(zeroshot=zeroshot[seq.dataset], sequential_final=seq.final_accuracy)
+    ReferenceMetrics(
+        model=model_name,
+        zeroshot={t: zeroshot[t] for t in params.suite.mtl},
+        finetuned={t: FinetuneMetrics.read(metrics / "finetune" / f"{t}.json").accuracy for t in params.suite.mtl},
+        cl=cl,
+    ).write(metrics / "reference.json")
     print(f"[taskvectors@{model_name}] {len(individual)} individual, {len(sequential)} sequential task vectors")
 
 

@@ -6,10 +6,17 @@ pooling and pool_over. The woven models chosen by `weave.artifact` are kept unde
 `models/woven/<setup>/<method>/<model>/` (one file per scenario, listed in `manifest.json`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from _common import compute_device, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.checkpoints import pipeline_task_vectors
 from weaving_pipeline.params import SETUPS, Params
+
+if TYPE_CHECKING:
+    from weaving.metrics import WeaveMetrics
 
 
 def scenario_name(scenario) -> str:
@@ -17,7 +24,7 @@ def scenario_name(scenario) -> str:
     return scenario.tasks[0] if len(scenario.tasks) == 1 else "all"
 
 
-def weave_stage(params: Params, model_name: str, setup: str, method: str) -> dict:
+def weave_stage(params: Params, model_name: str, setup: str, method: str) -> WeaveMetrics:
     """Run the evaluation protocol of `weaving.experiment` and write the stage's outputs."""
     import json
 
@@ -28,6 +35,7 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> dic
     from weaving.clip import evaluate, load_pretrained
     from weaving.experiment import build_scenarios, evaluate_method
     from weaving.io import load_state_dict, sha256_file
+    from weaving.metrics import WeaveMetrics
 
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
@@ -73,9 +81,9 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> dic
     write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
                                              "pooling": artifact.pooling, "pool_over": artifact.pool_over,
                                              "kept": kept})
-    metrics = {"model": model_name, "setup": setup, "method": method, "hparams": dict(spec.hparams),
-               "lambdas": lambdas, "recommended_lam": recommended_lam, "baseline_lam": 1.0, **result}
-    write_json(paths.weave_metrics(model_name, setup, method), metrics)
+    metrics = WeaveMetrics(model=model_name, setup=setup, method=method, hparams=dict(spec.hparams),
+                           lambdas=lambdas, recommended_lam=recommended_lam, baseline_lam=1.0, **result)
+    metrics.write(paths.weave_metrics(model_name, setup, method))
     return metrics
 
 
@@ -84,12 +92,9 @@ def main() -> None:
         {"model": lambda p: p.models, "setup": list(SETUPS), "method": lambda p: p.methods})
     name = f"weave@{model_name}-{setup}-{method}"
     with stage(name):
-        from weaving.experiment import mean_accuracy
-
         metrics = weave_stage(params, model_name, setup, method)
-        woven = metrics["weaving"].get("avg", {}).get("all")
-        print(f"[{name}] baseline {mean_accuracy(metrics['baseline']):.2f}% -> woven "
-              f"{mean_accuracy(woven) if woven else float('nan'):.2f}% (avg pooling over A*)")
+        woven = metrics.weaving_avg("avg", "all") if "all" in metrics.weaving.get("avg", {}) else float("nan")
+        print(f"[{name}] baseline {metrics.baseline_avg:.2f}% -> woven {woven:.2f}% (avg pooling over A*)")
 
 
 if __name__ == "__main__":

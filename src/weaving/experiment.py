@@ -83,9 +83,12 @@ def evaluate_method(
 ) -> dict:
     """Accuracy of ``method`` at every lam, at the baseline and recommended lam, and woven.
 
-    Returns the per-method metrics of ``docs/contracts.md``: ``baseline``, ``recommended``,
-    ``sweep`` (per task, aligned with ``lambdas``) and ``weaving[pooling][pool_over]``, each
-    mapping task -> accuracy. ``on_woven`` receives every woven task vector (e.g. to save it).
+    Returns the evaluated fields of ``weaving.metrics.WeaveMetrics`` (``docs/contracts.md``):
+    ``tasks``, ``baseline``, ``recommended``, ``sweep`` (per task, aligned with ``lambdas``) and
+    ``weaving[pooling][pool_over]``, each mapping task -> accuracy; the caller adds the run's
+    names and lambdas and builds the model, which validates them
+    (``WeaveMetrics(model=..., setup=..., method=..., hparams=..., lambdas=..., recommended_lam=...,
+    baseline_lam=..., **result)``). ``on_woven`` receives every woven task vector (e.g. to save it).
     """
     from tqdm.auto import tqdm
 

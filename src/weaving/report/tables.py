@@ -207,8 +207,8 @@ def table3(run: RunMetrics) -> Table:
 def _reference_rows(run: RunMetrics, setup: str, model: str, tasks: list[str]) -> list[list[Cell]]:
     ref = run.reference[model]
     if setup == "cl":
-        zeroshot = {t: ref.cl.get(t, {}).get("zeroshot") for t in tasks}
-        finetuned = {t: ref.cl.get(t, {}).get("sequential_final") for t in tasks}
+        zeroshot = {t: ref.cl[t].zeroshot if t in ref.cl else None for t in tasks}
+        finetuned = {t: ref.cl[t].sequential_final if t in ref.cl else None for t in tasks}
         labels = (Label("zero-shot", "zeroshot"), Label("sequential fine-tuning (final)", "finetuned"))
     else:
         zeroshot = {t: ref.zeroshot.get(t) for t in tasks}
