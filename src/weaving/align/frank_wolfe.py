@@ -303,7 +303,7 @@ def frank_wolfe_sync_matching(
     iterations = 0
     bar = tqdm(range(max_iter), desc="C2M3 Frank-Wolfe", unit="it", disable=not progress, leave=False)
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (its last value is the count reported)
         gradients = _gradients(problem, partials, anchored)
         jobs = [(x, g, grad) for x, model_grads in enumerate(gradients) if model_grads is not None
                 for g, grad in model_grads.items()]

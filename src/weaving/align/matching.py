@@ -137,7 +137,7 @@ def merge_many(
     current = [dict(sd) for sd in state_dicts]
     keys = spec.keys()
     rounds = 0
-    for rounds in range(1, max_iter + 1):
+    for rounds in range(1, max_iter + 1):  # noqa: B007 (its last value is the count reported)
         progress = False
         for index in rng.permutation(len(current)):
             others = average_state_dicts([sd for j, sd in enumerate(current) if j != index])
