@@ -17,6 +17,7 @@ from weaving_pipeline.stage import (  # noqa: E402,F401
     compute_device,
     fail,
     is_main_process,
+    load_tensors,
     save_weights,
     stage,
     stage_params,

@@ -24,7 +24,7 @@ def prepare_dataset(params: Params, name: str) -> None:
 
 def main() -> None:
     params, (name,) = stage_params({"dataset": lambda p: p.datasets})
-    with stage(f"data@{name}"):
+    with stage(f"data@{name}", threads=params.threads):
         prepare_dataset(params, name)
 
 

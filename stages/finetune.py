@@ -1,15 +1,14 @@
 """Stage `finetune@<model>-<task>`: fine-tune the image encoder on one task, text tower and head frozen."""
 
-from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, load_tensors, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.params import Params
 
 
 def finetune_task(params: Params, model_name: str, task: str) -> None:
     import json
+    import shutil
     import time
-
-    import torch
 
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
     from weaving.datasets import load_prepared
@@ -21,6 +20,7 @@ def finetune_task(params: Params, model_name: str, task: str) -> None:
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     head = load_state_dict(paths.heads(model_name, task))["weight"]
     train = load_prepared(paths.prepared(task)).split("train")
+    cache = load_tensors(paths.test_cache(model_name, task))
     started = time.perf_counter()
     visual = finetune(model, head, train, recipe=recipe, seed=params.seed,
                       checkpoint_dir=paths.resume(model_name, "finetune", task), progress=True)
@@ -29,7 +29,7 @@ def finetune_task(params: Params, model_name: str, task: str) -> None:
         raise SystemExit(0)
     save_weights(paths.finetuned(model_name, task), visual,
                  metadata={"task": task, "seed": str(params.seed), "recipe": json.dumps(recipe_fields)})
-    cache = torch.load(paths.test_cache(model_name, task), weights_only=True)
+    shutil.rmtree(paths.resume(model_name, "finetune", task), ignore_errors=True)
     accuracy = evaluate(model, visual, head, cache, batch_size=params.eval.batch_size)
     FinetuneMetrics(task=task, accuracy=round(accuracy, 4), train_images=len(train),
                     seconds=round(seconds, 1)).write(paths.metrics(model_name, "finetune", f"{task}.json"))
@@ -38,7 +38,7 @@ def finetune_task(params: Params, model_name: str, task: str) -> None:
 
 def main() -> None:
     params, (model_name, task) = stage_params({"model": lambda p: p.models, "task": lambda p: p.suite.mtl})
-    with stage(f"finetune@{model_name}-{task}"):
+    with stage(f"finetune@{model_name}-{task}", threads=params.threads):
         finetune_task(params, model_name, task)
 
 

@@ -4,15 +4,14 @@ Split i starts from split i-1's image encoder and trains with a head over split 
 classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
 """
 
-from _common import compute_device, is_main_process, paths, save_weights, stage, stage_params
+from _common import compute_device, is_main_process, load_tensors, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.params import Params
 
 
 def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
     import json
-
-    import torch
+    import shutil
 
     from weaving.atomic import atomic_dir
     from weaving.clip import FinetuneRecipe, evaluate, finetune, load_pretrained
@@ -26,7 +25,7 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     dataset = load_prepared(paths.prepared(benchmark.dataset))
     head = load_state_dict(paths.heads(model_name, benchmark.dataset))["weight"]
-    cache = torch.load(paths.test_cache(model_name, benchmark.dataset), weights_only=True)
+    cache = load_tensors(paths.test_cache(model_name, benchmark.dataset))
     chunks = class_splits(dataset.num_classes, benchmark.splits, seed=benchmark.seed)
     train = dataset.split("train")
 
@@ -49,6 +48,7 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
             ))
         if not is_main_process():
             raise SystemExit(0)
+    shutil.rmtree(paths.resume(model_name, "sequential", name), ignore_errors=True)
     SequentialMetrics(benchmark=name, dataset=benchmark.dataset, splits=history,
                       final_accuracy=history[-1].accuracy_all).write(paths.metrics(model_name, "sequential", f"{name}.json"))
     print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1].accuracy_all:.2f}% on all classes")
@@ -56,7 +56,7 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
 
 def main() -> None:
     params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
-    with stage(f"finetune_sequential@{model_name}-{name}"):
+    with stage(f"finetune_sequential@{model_name}-{name}", threads=params.threads):
         finetune_benchmark(params, model_name, name)
 
 

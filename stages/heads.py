@@ -32,7 +32,7 @@ def make_heads(params: Params, model_name: str) -> None:
 
 def main() -> None:
     params, (model_name,) = stage_params({"model": lambda p: p.models})
-    with stage(f"heads@{model_name}"):
+    with stage(f"heads@{model_name}", threads=params.threads):
         make_heads(params, model_name)
 
 

@@ -10,7 +10,7 @@ from _common import stage, stage_params
 
 def main() -> None:
     params, _ = stage_params({})
-    with stage("params"):
+    with stage("params", threads=params.threads):
         print(f"[params] params.yaml is valid: profile {params.profile}, {len(params.models)} model(s), "
               f"{len(params.setups)} setup(s), {len(params.methods)} method(s)")
 

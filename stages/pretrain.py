@@ -31,7 +31,7 @@ def pretrain_model(params: Params, model_name: str) -> None:
 
 def main() -> None:
     params, (model_name,) = stage_params({"model": lambda p: p.models})
-    with stage(f"pretrain@{model_name}"):
+    with stage(f"pretrain@{model_name}", threads=params.threads):
         pretrain_model(params, model_name)
 
 

@@ -54,7 +54,7 @@ def task_vector_metrics(params: Params, model_name: str) -> None:
 
 def main() -> None:
     params, (model_name,) = stage_params({"model": lambda p: p.models})
-    with stage(f"taskvectors@{model_name}"):
+    with stage(f"taskvectors@{model_name}", threads=params.threads):
         task_vector_metrics(params, model_name)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from _common import compute_device, paths, save_weights, stage, stage_params
+from _common import compute_device, load_tensors, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.checkpoints import pipeline_task_vectors
 from weaving_pipeline.params import SETUPS, Params
@@ -27,8 +27,6 @@ def scenario_name(scenario) -> str:
 def weave_stage(params: Params, model_name: str, setup: str, method: str) -> WeaveMetrics:
     """Run the evaluation protocol of `weaving.experiment` and write the stage's outputs."""
     import json
-
-    import torch
 
     from weaving import apply_task_vector
     from weaving.atomic import write_json
@@ -49,7 +47,7 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
     for task in {t for s in scenarios for t in s.tasks}:
         heads[task] = load_state_dict(paths.heads(model_name, dataset_of[task]))["weight"]
         cache_file = paths.test_cache(model_name, dataset_of[task])
-        caches[task] = torch.load(cache_file, weights_only=True)
+        caches[task] = load_tensors(cache_file)
 
     def accuracy(merged_task_vector, task):
         visual = apply_task_vector(pretrained, merged_task_vector)
@@ -91,7 +89,7 @@ def main() -> None:
     params, (model_name, setup, method) = stage_params(
         {"model": lambda p: p.models, "setup": list(SETUPS), "method": lambda p: p.methods})
     name = f"weave@{model_name}-{setup}-{method}"
-    with stage(name):
+    with stage(name, threads=params.threads):
         metrics = weave_stage(params, model_name, setup, method)
         woven = metrics.weaving_avg("avg", "all") if "all" in metrics.weaving.get("avg", {}) else float("nan")
         print(f"[{name}] baseline {metrics.baseline_avg:.2f}% -> woven {woven:.2f}% (avg pooling over A*)")

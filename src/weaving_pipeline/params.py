@@ -153,6 +153,8 @@ class Params(_Strict):
 
     profile: Literal["embedded", "smoke", "paper"]
     seed: int = 0
+    threads: int = Field(default=2, ge=1, description="torch's intra-op thread count in every stage (results "
+                         "depend on it; recorded in dvc.lock)")
     launch: str = Field(default="python", min_length=1,
                         description="how fine-tuning stages start: 'python', or e.g. 'torchrun --nproc_per_node=gpu'")
     models: list[str] = Field(min_length=1)

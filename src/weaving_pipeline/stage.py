@@ -38,9 +38,25 @@ def stage_params(choices: dict[str, list[str]] | None = None, argv: list[str] | 
     return params, args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Run a stage body: user errors become one clean line and exit 1; a summary line at the end."""
+def stage(name: str, threads: int | None = None) -> Iterator[None]:
+    """Run a stage body: user errors become one clean line and exit 1; a summary line at the end.
+
+    SIGTERM is handled like Ctrl-C (the atomic writers remove their temporary files on the way
+    out); `threads` pins torch's intra-op thread count (the `threads` param), so a run gives the
+    same numbers whatever the machine's default.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
         yield
@@ -49,12 +65,30 @@ def stage(name: str) -> Iterator[None]:
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         fail(f"{name}: {where}{error.strerror or error}", code=1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"[{name}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def is_main_process() -> bool:
     """False in the extra workers that `torchrun` starts (only rank 0 writes outputs)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_tensors(path: str | Path) -> dict:
+    """A `torch.save`d dict of tensors (the test caches), read with `weights_only=True`; any failure
+    to read it is an `InputError` naming the file and saying how to rebuild it."""
+    import torch
+
+    from weaving.errors import InputError
+
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
+    except Exception as error:  # noqa: BLE001 (a truncated or foreign file raises many kinds)
+        raise InputError(f"{path}: cannot be read ({type(error).__name__}: {error}); "
+                         "it is damaged: remove it and run dvc repro") from None
 
 
 def save_weights(path: str | Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
