@@ -163,3 +163,21 @@ def test_misspelled_key_stops_exp_run_before_any_stage(repo: Path) -> None:
     assert "densty" in output and "density" in output
     assert "done in" not in output, "a stage did work before the params were rejected"
 
+
+
+def test_a_rerun_of_a_finetune_and_a_weave_is_bitwise_identical(repo: Path) -> None:
+    """Issue 11: the same seed, machine and thread count give the same bytes (checkpoint, woven
+    model, metrics), so any difference between runs comes from elsewhere."""
+    import hashlib
+
+    task = yaml.safe_load((repo / "params.yaml").read_text())["suite"]["mtl"][0]
+    files = [f"models/tiny-clip/finetuned/{task}.safetensors", "models/woven/mtl/ties/tiny-clip/all.safetensors",
+             "metrics/tiny-clip/weave/mtl/ties.json"]
+
+    def digests() -> dict[str, str]:
+        return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest() for f in files}
+
+    before = digests()
+    run(["dvc", "repro", "-f", "-s", f"finetune@tiny-clip-{task}"], repo)
+    run(["dvc", "repro", "-f", "-s", "weave@tiny-clip-mtl-ties"], repo)
+    assert digests() == before
