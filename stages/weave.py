@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from _common import compute_device, load_tensors, paths, save_weights, stage, stage_params
 
-from weaving_pipeline.checkpoints import pipeline_task_vectors
+from weaving_pipeline.checkpoints import pipeline_task_vectors, reference_key_set_padding
 from weaving_pipeline.params import SETUPS, Params
 
 if TYPE_CHECKING:
@@ -28,10 +28,10 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
     """Run the evaluation protocol of `weaving.experiment` and write the stage's outputs."""
     import json
 
-    from weaving import apply_task_vector
+    from weaving import METHODS, apply_task_vector
     from weaving.atomic import write_json
     from weaving.clip import evaluate, load_pretrained
-    from weaving.experiment import build_scenarios, evaluate_method
+    from weaving.experiment import build_scenarios, evaluate_method, pad_with_zero_keys
     from weaving.io import load_state_dict, sha256_file
     from weaving.metrics import WeaveMetrics
 
@@ -40,6 +40,8 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
     recommended_lam = params.recommended_lam(method)
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup)
+    if params.weave.key_set == "image_encoder" and METHODS[method].model_wide:
+        taus = pad_with_zero_keys(taus, reference_key_set_padding(model_name))
     scenarios = build_scenarios(setup, params.suite.mtl, splits)
 
     dataset_of = {t: t for t in params.suite.mtl} | {b: params.cl_benchmarks[b].dataset for b in params.suite.cl}
@@ -49,8 +51,11 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
         cache_file = paths.test_cache(model_name, dataset_of[task])
         caches[task] = load_tensors(cache_file)
 
+    def image_encoder_part(task_vector):
+        return {key: value for key, value in task_vector.items() if key in pretrained}
+
     def accuracy(merged_task_vector, task):
-        visual = apply_task_vector(pretrained, merged_task_vector)
+        visual = apply_task_vector(pretrained, image_encoder_part(merged_task_vector))
         return evaluate(model, visual, heads[task], caches[task], batch_size=params.eval.batch_size)
 
     artifact = params.weave.artifact
@@ -65,11 +70,11 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
         if not input_hashes:
             input_hashes["pretrained"] = sha256_file(paths.pretrained_visual(model_name))
         name = scenario_name(scenario)
-        save_weights(woven_dir / f"{name}.safetensors", apply_task_vector(pretrained, woven), metadata={
+        save_weights(woven_dir / f"{name}.safetensors", apply_task_vector(pretrained, image_encoder_part(woven)), metadata={
             "method": method, "hparams": json.dumps(dict(spec.hparams)), "pooling": pooling, "pool_over": pool_over,
             "lambdas": json.dumps(lambdas), "seed": str(params.weave.seed), "setup": setup,
             "members": json.dumps(list(scenario.members)), "evaluated_on": json.dumps(list(scenario.tasks)),
-            "pretrained_sha256": input_hashes["pretrained"]})
+            "pretrained_sha256": input_hashes["pretrained"], "key_set": params.weave.key_set})
         kept[name] = f"{name}.safetensors"
 
     result = evaluate_method(

@@ -61,6 +61,28 @@ def build_scenarios(setup: str, tasks: Sequence[str], benchmarks: Mapping[str, S
     return builder(tasks if entry.task_vectors == "finetuned" else benchmarks)
 
 
+def pad_with_zero_keys(task_vectors: Mapping[str, TaskVector],
+                       extra: Mapping[str, tuple[tuple[int, ...], object]]) -> dict[str, TaskVector]:
+    """Each task vector with zero tensors added for the keys of ``extra`` (name -> (shape, dtype)).
+
+    The Weight Weaving authors' code (``VirtualSpaceman/score_cvpr26``, built on
+    ``mlfoundations/task_vectors``) takes task vectors of the whole ``ImageEncoder`` state dict,
+    which still holds the frozen text-side leftovers of CLIP (``token_embedding``, the text
+    ``positional_embedding``, ``ln_final``, ``text_projection``, ``logit_scale``) with zero
+    deltas. Model-wide methods (TIES, PCB) flatten over those zeros too, which changes their
+    thresholds: for ViT-B-32, D = 113,448,705 instead of 87,849,216 visual entries, so TIES at
+    density 0.2 keeps 25.8% of the visual weights. Padding reproduces that convention; the
+    padded keys are dropped again before the merged vector is applied.
+    """
+    import torch
+
+    zeros = {key: torch.zeros(shape, dtype=dtype) for key, (shape, dtype) in extra.items()}
+    clashes = [key for key in zeros for tau in task_vectors.values() if key in tau]
+    if clashes:
+        raise ValueError(f"padding keys already present in the task vectors: {sorted(set(clashes))[:5]}")
+    return {name: {**tau, **zeros} for name, tau in task_vectors.items()}
+
+
 def _index_of(value: float, values: Sequence[float]) -> int | None:
     return next((i for i, v in enumerate(values) if math.isclose(v, value, abs_tol=1e-9)), None)
 

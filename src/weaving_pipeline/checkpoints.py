@@ -31,3 +31,22 @@ def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[
     names = list(files)
     taus = task_vectors(pretrained, [load_state_dict(files[n]) for n in names])
     return pretrained, dict(zip(names, taus)), splits
+
+
+FROZEN_PREFIX = "frozen-text-side:"
+"""Name prefix of the zero keys that `reference_key_set_padding` adds (never a real key's prefix)."""
+
+
+def reference_key_set_padding(model_name: str) -> dict[str, tuple[tuple[int, ...], object]]:
+    """The keys the authors' `ImageEncoder` holds beyond the image encoder, with shape and dtype.
+
+    Those are the full CLIP's keys outside `visual.*` and the text transformer (`transformer.*`,
+    which the reference deletes): `token_embedding.weight`, `positional_embedding`,
+    `ln_final.*`, `text_projection`, `logit_scale`. Named with `FROZEN_PREFIX`.
+    """
+    from weaving.clip.models import WEIGHTS_FILE
+    from weaving.io import open_source
+
+    source = open_source(paths.pretrained(model_name) / WEIGHTS_FILE)
+    return {FROZEN_PREFIX + key: source.spec(key) for key in source.keys()
+            if not key.startswith(("visual.", "transformer.")) and source.spec(key)[1].is_floating_point}

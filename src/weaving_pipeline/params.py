@@ -146,6 +146,9 @@ class WeaveParams(_Strict):
     pool_over: list[Literal["all", "augmented"]] = Field(min_length=1)
     seed: int = 0
     artifact: ArtifactChoice = ArtifactChoice()
+    key_set: Literal["visual", "image_encoder"] = Field(
+        default="visual", description="what model-wide methods (TIES, PCB) flatten over: the image encoder's keys, "
+        "or the Weight Weaving authors' ImageEncoder set (plus the frozen text-side keys with zero deltas)")
 
 
 class Params(_Strict):
