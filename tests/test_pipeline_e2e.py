@@ -153,16 +153,21 @@ def test_editing_a_library_module_invalidates_every_stage_that_imports_it(repo: 
 
 
 def test_misspelled_key_stops_exp_run_before_any_stage(repo: Path) -> None:
-    # DVC itself refuses to set a key that params.yaml lacks ...
-    result = run(["dvc", "exp", "run", "-S", "method_params.ties.hparams.densty=0.3"], repo, check=False)
-    assert result.returncode != 0 and "densty" in result.stderr
-    # ... and a key forced in with `+` is refused by the params schema, naming the valid ones.
-    result = run(["dvc", "exp", "run", "-S", "+method_params.ties.hparams.densty=0.3"], repo, check=False)
-    output = result.stderr + result.stdout
-    assert result.returncode != 0
-    assert "densty" in output and "density" in output
-    assert "done in" not in output, "a stage did work before the params were rejected"
-
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    try:
+        # DVC itself refuses to set a key that params.yaml lacks ...
+        result = run(["dvc", "exp", "run", "-S", "method_params.ties.hparams.densty=0.3"], repo, check=False)
+        assert result.returncode != 0 and "densty" in result.stderr
+        # ... and a key forced in with `+` is refused by the params schema, naming the valid ones.
+        result = run(["dvc", "exp", "run", "-S", "+method_params.ties.hparams.densty=0.3"], repo, check=False)
+        output = result.stderr + result.stdout
+        assert result.returncode != 0
+        assert "densty" in output and "density" in output
+        assert "done in" not in output, "a stage did work before the params were rejected"
+    finally:
+        # A failed `dvc exp run` leaves its -S edit in the workspace's params.yaml.
+        params_path.write_text(original)
 
 
 def test_a_rerun_of_a_finetune_and_a_weave_is_bitwise_identical(repo: Path) -> None:
