@@ -2,7 +2,7 @@
 
     python stages/report.py --metrics metrics --out reports --models tiny-clip \
         --setups mtl cl dg --methods ties magmax ... --profile embedded \
-        [--poolings avg random magmax] [--pool-over all augmented]
+        [--poolings avg random magmax] [--pool-over all augmented] [--sections tsv ...]
     python stages/report.py --params params.yaml     # the same lists, from params.yaml
 
 With --params, models, methods, profile, poolings (weave.poolings) and pool_over
@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", help="params profile; 'paper' compares with the paper")
     parser.add_argument("--poolings", nargs="+")
     parser.add_argument("--pool-over", nargs="+", dest="pool_over")
+    parser.add_argument("--sections", nargs="*", help="the algorithm families' report sections "
+                        "(weaving.report.sections.SECTIONS; default: all of them)")
     args = parser.parse_args(argv)
     if args.params is None:
         missing = [f"--{name}" for name in ("models", "methods", "profile") if getattr(args, name) is None]
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.params is not None:
             fill_from_params(args)
         run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
-        files = build_report(run, args.profile, progress=True)
+        from weaving.report.sections import SECTIONS, load_sections
+
+        names = list(SECTIONS) if args.sections is None else args.sections
+        sections = load_sections(names, args.metrics, args.models)
+        files = build_report(run, args.profile, progress=True, sections=sections)
     except (WeavingError, ValueError) as error:
         print(f"error: report: {error}", file=sys.stderr)
         return 1

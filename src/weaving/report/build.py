@@ -8,6 +8,7 @@ from weaving.report.html import index_html
 from weaving.report.load import RunMetrics
 from weaving.report.paper import paper_comparison
 from weaving.report.plot_data import all_plot_data
+from weaving.report.sections import Section
 from weaving.report.summary import summary_json
 from weaving.report.tables import all_tables, safe_name
 
@@ -29,12 +30,14 @@ def figure_captions(run: RunMetrics) -> dict[str, str]:
     return captions
 
 
-def build_report(run: RunMetrics, profile: str, progress: bool = False) -> dict[str, bytes]:
+def build_report(run: RunMetrics, profile: str, progress: bool = False,
+                 sections: list[Section] = ()) -> dict[str, bytes]:
     """Every output file's bytes, keyed by its path relative to the report folder.
 
     summary.json, claims.md/.json, paper_comparison.md, index.html, tables/*.md|csv,
     figures/*.png, plots/*.csv (long format) and plots/dvc/** (one series per file).
     `progress` shows a bar over the figures (the slow part) when stderr is a terminal.
+    `sections` (weaving.report.sections) add the algorithm families' tables, figures and claims.
     """
     if not isinstance(profile, str) or not profile:
         raise ValueError(f"profile must be a non-empty string, got {profile!r}")
@@ -49,6 +52,21 @@ def build_report(run: RunMetrics, profile: str, progress: bool = False) -> dict[
     for name, png in figures.items():
         files[f"figures/{name}"] = png
     claims = check_claims(run)
+    captions = figure_captions(run)
+    intro = [f"Profile: {profile}. Models: {', '.join(run.models)}. Setups: {', '.join(run.setups)}. "
+             f"Methods: {', '.join(run.methods)}. Poolings: {', '.join(run.poolings)} over "
+             f"{', '.join(run.pool_overs)}. Accuracies in percent; averages are over each setup's evaluation tasks."]
+    for section in sections:
+        for table in section.tables:
+            files[f"tables/{table.name}.md"] = table.to_markdown().encode()
+            files[f"tables/{table.name}.csv"] = table.to_csv().encode()
+        for name, png in section.figures.items():
+            files[f"figures/{name}"] = png
+        tables = tables + section.tables
+        figures = {**figures, **section.figures}
+        captions.update(section.captions)
+        claims = claims + section.claims
+        intro += [f"{section.title}: {paragraph}" for paragraph in section.text]
     files["claims.md"] = claims_markdown(claims).encode()
     files["claims.json"] = claims_json(claims).encode()
     comparison = paper_comparison(run, profile)
@@ -56,9 +74,6 @@ def build_report(run: RunMetrics, profile: str, progress: bool = False) -> dict[
     if comparison.per_task is not None:
         files[f"tables/{comparison.per_task.name}.md"] = comparison.per_task.to_markdown().encode()
         files[f"tables/{comparison.per_task.name}.csv"] = comparison.per_task.to_csv().encode()
-    intro = [f"Profile: {profile}. Models: {', '.join(run.models)}. Setups: {', '.join(run.setups)}. "
-             f"Methods: {', '.join(run.methods)}. Poolings: {', '.join(run.poolings)} over "
-             f"{', '.join(run.pool_overs)}. Accuracies in percent; averages are over each setup's evaluation tasks."]
     files["index.html"] = index_html("Weight Weaving: report", intro, claims, tables, figures,
-                                     figure_captions(run), comparison).encode()
+                                     captions, comparison).encode()
     return files
