@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poolings", nargs="+")
     parser.add_argument("--pool-over", nargs="+", dest="pool_over")
     parser.add_argument("--sections", nargs="*", help="the algorithm families' report sections "
-                        "(weaving.report.sections.SECTIONS; default: all of them)")
+                        "(weaving.report.sections.SECTIONS; default: all of them with --params, "
+                        "none without)")
     args = parser.parse_args(argv)
     if args.params is None:
         missing = [f"--{name}" for name in ("models", "methods", "profile") if getattr(args, name) is None]
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
         from weaving.report.sections import SECTIONS, load_sections
 
-        names = list(SECTIONS) if args.sections is None else args.sections
+        names = args.sections if args.sections is not None else list(SECTIONS) if args.params else []
         sections = load_sections(names, args.metrics, args.models)
         files = build_report(run, args.profile, progress=True, sections=sections)
     except (WeavingError, ValueError) as error:

@@ -144,7 +144,7 @@ def _row_norm(v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def pcb(taus: list[Sd], ratio: float) -> Sd:
+def pcb(taus: list[Sd], ratio: float, summed_inter: bool = False) -> Sd:
     x, layout = flatten(taus)
     n, d = x.shape
     if d == 0:
@@ -157,7 +157,11 @@ def pcb(taus: list[Sd], ratio: float) -> Sd:
     na = _row_norm(a)
     xn = torch.sign(x) * na
     intra = torch.exp(n * na**2)
-    inter = torch.tanh(xn[:, None, :] * xn[None, :, :]).sum(1)
+    if summed_inter:  # the PCB repository's tanh(X_i * sum_j X_j), on the raw task vectors
+        column_sums = sum(x[j] for j in range(n))
+        inter = torch.stack([torch.tanh(x[t] * column_sums) for t in range(n)])
+    else:
+        inter = torch.tanh(xn[:, None, :] * xn[None, :, :]).sum(1)
     b = intra * inter
     b_sorted = torch.sort(b, dim=1).values
     b_pos = min(int(d * (1 - ratio)), d - 1)
@@ -220,7 +224,7 @@ REFERENCE = {
     "ties": lambda taus, hp: ties(taus, hp.get("density", 0.2)),
     "breadcrumbs": lambda taus, hp: breadcrumbs(taus, hp.get("beta", 0.1), hp.get("gamma", 0.01)),
     "magmax": lambda taus, hp: magmax(taus),
-    "pcb": lambda taus, hp: pcb(taus, hp.get("ratio", 0.05)),
+    "pcb": lambda taus, hp: pcb(taus, hp.get("ratio", 0.05), hp.get("summed_inter", False)),
     "tsv": lambda taus, hp: tsv(taus),
     "iso_c": lambda taus, hp: iso_c(taus),
 }

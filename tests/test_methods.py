@@ -38,7 +38,8 @@ HPARAMS = {
     "ties": st.fixed_dictionaries({"density": st.one_of(st.just(1.0), st.floats(0.01, 1.0))}),
     "breadcrumbs": st.fixed_dictionaries({"beta": st.floats(0.0, 1.0), "gamma": st.floats(0.0, 1.0)}),
     "magmax": st.just({}),
-    "pcb": st.fixed_dictionaries({"ratio": st.one_of(st.just(1.0), st.floats(0.01, 1.0))}),
+    "pcb": st.fixed_dictionaries({"ratio": st.one_of(st.just(1.0), st.floats(0.01, 1.0)),
+                                  "summed_inter": st.booleans()}),
     "tsv": st.just({}),
     "iso_c": st.just({}),
 }
@@ -199,6 +200,7 @@ def test_half_precision_inputs_are_computed_in_float32_and_cast_back() -> None:
         ("pcb", {"ratio": float("nan")}, "'ratio'"),
         ("task_arithmetic", {"density": 0.2}, "valid: (none)"),
         ("ties", {"density": "0.2"}, "must be a float"),
+        ("pcb", {"summed_inter": 1}, "must be true or false"),
     ],
 )
 def test_bad_hyperparameters_are_named(name: str, hparams: dict, culprit: str) -> None:

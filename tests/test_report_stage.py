@@ -173,3 +173,30 @@ def test_lists_are_required_without_params(tmp_path, capsys):
         report_stage.main(["--metrics", str(tmp_path), "--models", "tiny-clip"])
     assert exit_info.value.code == 2
     assert "--methods, --profile required (or --params params.yaml)" in capsys.readouterr().err
+
+
+def test_a_family_section_adds_its_tables_figures_captions_and_claims(tmp_path):
+    from weaving.report import build_report
+    from weaving.report.claims import HOLDS, Claim
+    from weaving.report.load import load_metrics
+    from weaving.report.sections import SECTIONS, Section, load_sections
+    from weaving.report.tables import Table
+
+    small = {"models": ["tiny-clip"], "setups": ("mtl",), "methods": ["ties"]}
+    metrics = make_run(**small).write(tmp_path / "metrics")
+    run = load_metrics(metrics, ["tiny-clip"], ["mtl"], ["ties"], ["avg", "random", "magmax"], ["all", "augmented"])
+    table = Table(name="family_table", title="A family's table", columns=["task", "accuracy"], keys=["task", "acc"],
+                  rows=[["mnist", 99.0]])
+    claim = Claim(id="family_claim", section="thesis", statement="s", rule="r", verdict=HOLDS, evidence="e",
+                  numbers={"x": 1.0})
+    section = Section(title="Family", tables=[table], figures={"family.png": b"\x89PNG fake"},
+                      captions={"family.png": "The family's figure"}, claims=[claim], text=["One paragraph."])
+    plain = build_report(run, "embedded")
+    files = build_report(run, "embedded", sections=[section])
+    assert set(files) - set(plain) == {"tables/family_table.md", "tables/family_table.csv", "figures/family.png"}
+    assert json.loads(files["claims.json"])["claims"][-1]["id"] == "family_claim"
+    page = files["index.html"].decode()
+    assert "The family&#x27;s figure" in page and "Family: One paragraph." in page and 'id="family_table"' in page
+    with pytest.raises(ValueError, match="unknown report section 'nope'"):
+        load_sections(["nope"], metrics, ["tiny-clip"])
+    assert all(isinstance(module, str) for module in SECTIONS.values())

@@ -30,7 +30,7 @@ from weaving.errors import ParamError, choices
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyper-parameter: name, default, type (`float` or `int`) and allowed interval."""
+    """One hyper-parameter: name, default, type (`float`, `int` or `bool`) and allowed interval."""
 
     name: str
     default: float | int
@@ -42,6 +42,8 @@ class HParam:
     help: str = ""
 
     def interval(self) -> str:
+        if self.kind is bool:
+            return "true or false"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
@@ -49,6 +51,10 @@ class HParam:
     def check(self, value: object, method: str) -> float | int:
         """The value converted to `kind`, or `ParamError` naming method, parameter, range."""
         where = f"method {method!r}: hyper-parameter {self.name!r}"
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ParamError(f"{where} must be true or false, got {value!r}")
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
                 value = value.item()

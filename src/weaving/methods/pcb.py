@@ -5,7 +5,12 @@ scaling to [0, 1].
 1. `a = |X|` clamped per row between its values at ascending sorted positions
    `lo = int(0.01*D)` and `hi = int(0.99*D) - 1`; `Xc = sign(X) * a`.
 2. `Xn = sign(X) * norm(a)`.
-3. `intra = exp(n * norm(a)^2)`, `inter_i = sum_j tanh(Xn_i * Xn_j)` (j over all rows).
+3. `intra = exp(n * norm(a)^2)`, `inter_i = sum_j tanh(Xn_i * Xn_j)` (j over all rows), as the
+   Weight Weaving authors' `src/merging/pcb.py`; with `summed_inter=True`,
+   `inter_i = tanh(X_i * sum_j X_j)` on the raw task vectors, as the PCB repository's
+   `pcb-merging.py` (duguodong7/pcb-merging). The two differ: the pairwise form sums T bounded
+   terms of normalised values (inter in [-T, T]); the summed form squashes one product of raw
+   deltas, which for fine-tuning deltas of order 1e-3 is nearly linear and near 0.
 4. `b = intra * inter`; per row clamp `b` from below at its value at sorted position
    `int(D * (1 - ratio))`, `w = norm(clamped b)`.
 5. `M = sum_i Xc_i * w_i / max(sum_i w_i, 1e-12)` per column.
@@ -55,13 +60,15 @@ def min_max_(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tor
 
 
 def pcb_scores(
-    taus: torch.Tensor, a_lo: torch.Tensor, a_hi: torch.Tensor, workspace: Workspace, *, clamped: bool = False
+    taus: torch.Tensor, a_lo: torch.Tensor, a_hi: torch.Tensor, workspace: Workspace, *, clamped: bool = False,
+    summed_inter: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(b, Xc)` for one key's stacked task vectors `taus` `[T, *shape]` (`Xc` only if `clamped`).
 
     `a = clamp(|X|, a_lo, a_hi)`, `Xc = sign(X) * a`, `Xn = sign(X) * norm(a)`,
     `b = exp(n * norm(a)^2) * sum_j tanh(Xn * Xn_j)`, each of the `T (T + 1) / 2` distinct
-    products evaluated once (the sum is then not in j order: equal up to rounding). Results
+    products evaluated once (the sum is then not in j order: equal up to rounding);
+    `summed_inter` replaces the inter term by `tanh(X * sum_j X_j)` (the PCB repository's). Results
     live in `workspace` buffers.
     """
     shape, dtype = taus.shape, taus.dtype
@@ -71,6 +78,9 @@ def pcb_scores(
     xc = torch.mul(signs, magnitude, out=workspace.take("clamped", shape, dtype)) if clamped else None
     normed = min_max_(magnitude, a_lo, a_hi)
     signed = signs.mul_(normed)
+    if summed_inter:
+        inter = torch.mul(taus, taus.sum(0), out=workspace.take("inter", shape, dtype)).tanh_()
+        return normed.square_().mul_(shape[0]).exp_().mul_(inter), xc
     # tanh(Xn_i * Xn_j) is symmetric in (i, j): evaluate each pair once
     inter = torch.mul(signed, signed, out=workspace.take("inter", shape, dtype)).tanh_()
     for i in range(shape[0] - 1):
@@ -90,8 +100,9 @@ def pcb_combine_(clamped: torch.Tensor, balance: torch.Tensor, b_low: torch.Tens
 class PcbRun(MethodRun):
     """Statistics passes (|X| clamp bounds, then b's clamp bound and maximum), then finalisation."""
 
-    def __init__(self, layout: ModelLayout, *, ratio: float) -> None:
+    def __init__(self, layout: ModelLayout, *, ratio: float, summed_inter: bool = False) -> None:
         total = layout.total_numel
+        self._summed_inter = summed_inter
         self._rows = layout.num_tasks
         self._dtype = layout.compute_dtype
         self._magnitude_select: RadixSelect | TailSelect | None = None
@@ -120,7 +131,8 @@ class PcbRun(MethodRun):
 
     def _scores(self, taus: torch.Tensor, clamped: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert self._bounds is not None
-        return pcb_scores(taus, self._bounds[:, 0], self._bounds[:, 1], self._workspace, clamped=clamped)
+        return pcb_scores(taus, self._bounds[:, 0], self._bounds[:, 1], self._workspace, clamped=clamped,
+                          summed_inter=self._summed_inter)
 
     def observe(self, key: str, taus: torch.Tensor) -> None:
         select = self._stage()
@@ -152,6 +164,8 @@ class PcbRun(MethodRun):
 METHOD = ModelWideMethod(
     name="pcb",
     summary="parameter competition balancing: intra/inter-task importance weights",
-    hparams=(HParam("ratio", 0.05, float, 0.0, 1.0, low_open=True, help="fraction of top balance scores kept"),),
+    hparams=(HParam("ratio", 0.05, float, 0.0, 1.0, low_open=True, help="fraction of top balance scores kept"),
+             HParam("summed_inter", False, bool, help="inter term tanh(X_i * sum_j X_j) of the PCB repository "
+                    "instead of the Weight Weaving authors' sum_j tanh(Xn_i * Xn_j)")),
     begin=PcbRun,
 )
