@@ -261,3 +261,30 @@ def test_sigterm_handler_is_restored_after_main(models, tmp_path, capsys) -> Non
     assert run(merge_args(pre, tasks, tmp_path / "o.safetensors"), capsys)[0] == 0
     assert signal.getsignal(signal.SIGTERM) is before
     assert json.loads(weaving.io.read_metadata(tmp_path / "o.safetensors")["hparams"]) == {}
+
+
+@pytest.mark.parametrize("out_name", ["merged.safetensors", "folder/"])
+def test_a_killed_runs_temporaries_beside_the_output_are_removed_by_the_next_run(models, tmp_path, capsys,
+                                                                                 out_name) -> None:
+    """Issue 10, item 5: kill -9 during a write leaves `.<name>.*.tmp`; the next write of that output
+    deletes it. Temporaries of other names, and fresh ones (a concurrent write), are kept."""
+    pre, tasks, pretrained, finetuned = models
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    name = out_name.rstrip("/")
+    stale_file, stale_folder = out_dir / f".{name}.k1ll3d.tmp", out_dir / f".{name}.x9.tmp"
+    stale_file.write_bytes(b"half a tensor")
+    (stale_folder / "shard").mkdir(parents=True)
+    other, fresh = out_dir / ".other.safetensors.a1.tmp", out_dir / f".{name}.fresh.tmp"
+    other.write_bytes(b"not ours")
+    an_hour_ago = time.time() - 3600
+    for path in (stale_file, stale_folder, other):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    out = str(out_dir / name) + ("/" if out_name.endswith("/") else "")
+    fresh_written = False
+    if not out_name.endswith("/"):
+        fresh.write_bytes(b"being written right now")
+        fresh_written = True
+    assert run(merge_args(pre, tasks, out), capsys)[0] == 0
+    assert not stale_file.exists() and not stale_folder.exists()
+    assert other.exists() and fresh.exists() == fresh_written

@@ -13,10 +13,39 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_STARTED = time.time()
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``target`` (``.<name>.*.tmp`` / ``.old`` beside it) that a killed
+    earlier run left: only those last modified before this process started, so a write of the
+    same target still under way in another process keeps its file."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.glob(f".{glob_escape(target.name)}.*"):
+        if not entry.name.endswith((".tmp", ".old")):
+            continue
+        try:
+            if entry.lstat().st_mtime >= _STARTED:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob metacharacters ``*?[`` matched literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _umask() -> int:
@@ -40,10 +69,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
     On any exception the temporary file is removed and ``target`` is untouched. The file gets
-    ``normal_file_mode()`` before the rename.
+    ``normal_file_mode()`` before the rename. Temporaries of ``target`` left by a killed earlier
+    run are deleted first (``remove_stale_temporaries``).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -63,9 +94,11 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
     A previous ``target`` is moved aside first and deleted after the swap, so readers see the
     old folder or the new one, never a mix. On any exception the staging folder is removed.
+    Staging and trash folders of ``target`` left by a killed earlier run are deleted first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging

@@ -38,7 +38,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from weaving.atomic import normal_file_mode
+from weaving.atomic import normal_file_mode, remove_stale_temporaries
 from weaving.errors import InputError
 from weaving.hashcache import HashCache
 
@@ -615,6 +615,7 @@ def write_safetensors(
     if not target.parent.is_dir():
         raise InputError(f"{target}: output folder {target.parent} does not exist")
     with output_errors(target):
+        remove_stale_temporaries(target)  # a killed earlier write's leftovers
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     temp_path = Path(temp_name)
     try:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from weaving.atomic import normal_file_mode, normal_folder_mode
+from weaving.atomic import normal_file_mode, normal_folder_mode, remove_stale_temporaries
 from weaving.errors import InputError, ParamError
 from weaving.io import SafetensorsSource, output_errors, write_safetensors
 
@@ -241,6 +241,7 @@ def write_model_folder(
     """
     names = shard_names(len(shards))
     with output_errors(target.path):
+        remove_stale_temporaries(target.path)  # a killed earlier write's staging folder
         staging = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(staging, normal_folder_mode())
