@@ -2,7 +2,8 @@
 
 Evaluates the data-free baseline (lam = 1), the authors' recommended lam, every lam of the
 search space (per task: the oracle and the paper's Figure 2), and Weight Weaving with every
-pooling and pool_over. The woven models chosen by `weave.artifact` are kept under
+pooling and pool_over, with bootstrap intervals over test images of the averages and of each
+woven model's gain over the baseline (`weave.bootstrap`). The woven models chosen by `weave.artifact` are kept under
 `models/woven/<setup>/<method>/<model>/` (one file per scenario, listed in `manifest.json`).
 """
 
@@ -30,7 +31,7 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
 
     from weaving import METHODS, apply_task_vector
     from weaving.atomic import write_json
-    from weaving.clip import evaluate, load_pretrained
+    from weaving.clip import correctness, load_pretrained
     from weaving.experiment import build_scenarios, evaluate_method, pad_with_zero_keys
     from weaving.io import load_state_dict, sha256_file
     from weaving.metrics import WeaveMetrics
@@ -54,9 +55,9 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
     def image_encoder_part(task_vector):
         return {key: value for key, value in task_vector.items() if key in pretrained}
 
-    def accuracy(merged_task_vector, task):
+    def correct(merged_task_vector, task):
         visual = apply_task_vector(pretrained, image_encoder_part(merged_task_vector))
-        return evaluate(model, visual, heads[task], caches[task], batch_size=params.eval.batch_size)
+        return correctness(model, visual, heads[task], caches[task], batch_size=params.eval.batch_size)
 
     artifact = params.weave.artifact
     woven_dir = paths.woven(setup, method, model_name)
@@ -80,7 +81,7 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
     result = evaluate_method(
         method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=recommended_lam,
         poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed,
-        evaluate=accuracy, on_woven=keep_artifact, progress=True)
+        evaluate=correct, on_woven=keep_artifact, progress=True, bootstrap=params.weave.bootstrap.model_dump())
     write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
                                              "pooling": artifact.pooling, "pool_over": artifact.pool_over,
                                              "kept": kept})

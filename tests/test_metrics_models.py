@@ -204,7 +204,7 @@ def test_the_docs_example_is_a_valid_weave_record() -> None:
     (lambda d: (d.pop("tasks"), d.pop("sweep")), ["missing key(s) ['tasks', 'sweep']"]),
     (lambda d: d.update(note="x"), ["unknown key(s) ['note'] (allowed: ['model', 'setup', 'method', 'hparams', "
                                     "'lambdas', 'recommended_lam', 'baseline_lam', 'tasks', 'baseline', "
-                                    "'recommended', 'sweep', 'weaving'])"]),
+                                    "'recommended', 'sweep', 'weaving', 'intervals'])"]),
     (lambda d: d["baseline"].update(mnist=100.5), ["'baseline' has non-accuracy value(s) (need a finite number in "
                                                    "[0, 100]) for ['mnist']"]),
     (lambda d: d["baseline"].update(mnist=float("nan"), svhn=-1.0), ["'baseline' has non-accuracy value(s) (need a "
@@ -373,15 +373,17 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
     taus = {t: {"w": torch.rand(8, generator=generator) - 0.5} for t in params.suite.mtl}
     scores: list[float] = []
 
-    def evaluate(model, visual, head, cache, batch_size):
-        score = float(torch.sigmoid(visual["w"].mean()) * 100)
-        scores.append(score)
-        return score
+    def correctness(model, visual, head, cache, batch_size):
+        """1000 images, a share of them right that encodes the merged encoder's mean."""
+        right = torch.zeros(1000, dtype=torch.bool)
+        right[: round(float(torch.sigmoid(visual["w"].mean())) * 1000)] = True
+        scores.append(100.0 * float(right.double().mean()))
+        return right
 
     monkeypatch.setattr(stage, "pipeline_task_vectors", lambda p, m, s: (pretrained, taus, {}))
     monkeypatch.setattr(stage, "save_weights", lambda *args, **kwargs: None)
     monkeypatch.setattr(weaving.clip, "load_pretrained", lambda *args, **kwargs: None)
-    monkeypatch.setattr(weaving.clip, "evaluate", evaluate)
+    monkeypatch.setattr(weaving.clip, "correctness", correctness)
     monkeypatch.setattr(weaving.io, "load_state_dict", lambda path: {"weight": torch.zeros(1)})
     monkeypatch.setattr(weaving.io, "sha256_file", lambda path: "0" * 64)
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: {})
@@ -398,3 +400,10 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
     evaluated = {v for per_task in (record.baseline, *[dict(enumerate(s)) for s in record.sweep.values()])
                  for v in per_task.values()}
     assert evaluated <= set(scores)
+    intervals = record.intervals
+    assert intervals is not None and intervals.resamples == params.weave.bootstrap.resamples
+    assert intervals.baseline.estimate == pytest.approx(record.baseline_avg)
+    woven = intervals.weaving["avg"]["all"]
+    assert woven.estimate == pytest.approx(record.weaving_avg("avg", "all"))
+    assert intervals.gain["avg"]["all"].estimate == pytest.approx(woven.estimate - intervals.baseline.estimate)
+    assert intervals.baseline.low <= intervals.baseline.estimate <= intervals.baseline.high

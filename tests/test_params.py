@@ -65,6 +65,8 @@ def test_default_search_spaces_are_the_papers(default: dict) -> None:
                                                                           "pipeline", "openai"]),
         (lambda p: p["data"]["limits"].pop("test"), ["data.limits.test", "required key is missing"]),
         (lambda p: p["datasets"].append("no_such_dataset"), ["no_such_dataset", "registry"]),
+        (lambda p: p["weave"]["bootstrap"].update(resamples=50), ["weave.bootstrap.resamples", "100"]),
+        (lambda p: p["weave"]["bootstrap"].update(level=1.0), ["weave.bootstrap.level", "less than 1"]),
     ],
     ids=lambda x: None if callable(x) else x[0],
 )

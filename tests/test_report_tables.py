@@ -175,3 +175,34 @@ def test_summary_numbers_and_keys(runs):
         gains = [avg_of(r, r["weaving"]["avg"]["all"]) - avg_of(r, r["baseline"])
                  for (mo, s, me), r in synthetic.weave.items() if me == method]
         assert result["avg"][method]["gain"] == pytest.approx(mean(gains), abs=0.01)
+
+
+def test_intervals_table_and_summary_show_the_weave_stages_intervals(tmp_path):
+    """Rows only for files that hold intervals; the verdict calls a gain a gain only when its whole interval
+    is above 0; summary.json carries [low, high] beside each number and does not average them."""
+    from weaving.report.tables import intervals_table
+
+    def bounds(estimate, low, high):
+        return {"estimate": estimate, "low": low, "high": high}
+
+    synthetic = make_run(models=["tiny-clip"], methods=["ties", "magmax"], seed=1)
+    plain = load_metrics(synthetic.write(tmp_path / "plain"), ["tiny-clip"], SETUPS, ["ties", "magmax"])
+    assert intervals_table(plain) is None
+    gains = {"mtl": (2.0, 0.5, 3.5), "cl": (-1.0, -2.0, -0.1), "dg": (0.4, -0.3, 1.1)}
+    for setup, (gain, low, high) in gains.items():
+        record = synthetic.weave[("tiny-clip", setup, "ties")]
+        base = mean(record["baseline"].values())
+        woven = mean(record["weaving"]["avg"]["all"].values())
+        per_pair = {p: {o: bounds(woven, woven - 2, woven + 2) for o in POOL_OVERS} for p in POOLINGS}
+        gain_pair = {p: {o: bounds(gain, low, high) for o in POOL_OVERS} for p in POOLINGS}
+        record["intervals"] = {"resamples": 1000, "level": 0.95, "seed": 0, "baseline": bounds(base, base - 2, base + 2),
+                               "weaving": per_pair, "gain": gain_pair}
+    run = load_metrics(synthetic.write(tmp_path / "with"), ["tiny-clip"], SETUPS, ["ties", "magmax"])
+    table = intervals_table(run)
+    rows = rows_of(table)
+    assert [(r["setup"], r["method"], r["verdict"]) for r in rows] == [
+        ("mtl", "ties", "gain"), ("cl", "ties", "loss"), ("dg", "ties", "within_noise")]
+    assert rows[0]["gain_interval"] == "[0.50, 3.50]" and float(rows[0]["gain"]) == pytest.approx(2.0)
+    numbers = summary(run)["tiny-clip"]
+    assert numbers["mtl"]["ties"]["gain_ci"] == [0.5, 3.5]
+    assert "gain_ci" not in numbers["mtl"]["magmax"] and "gain_ci" not in numbers["avg"]["ties"]

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 TaskVector = dict[str, Tensor]
-Evaluate = Callable[[TaskVector, str], float]
-"""``evaluate(merged_task_vector, task) -> accuracy in percent`` of ``theta_pre + merged``."""
+Evaluate = Callable[[TaskVector, str], "float | Tensor"]
+"""``evaluate(merged_task_vector, task)``: the accuracy in percent of ``theta_pre + merged`` on the task,
+or its per-image correctness (a 1-D bool tensor)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def evaluate_method(
     baseline_lam: float = 1.0,
     on_woven: Callable[[Scenario, str, str, TaskVector], None] | None = None,
     progress: bool = False,
+    bootstrap: Mapping[str, float | int] | None = None,
 ) -> dict:
     """Accuracy of ``method`` at every lam, at the baseline and recommended lam, and woven.
 
@@ -111,6 +113,12 @@ def evaluate_method(
     names and lambdas and builds the model, which validates them
     (``WeaveMetrics(model=..., setup=..., method=..., hparams=..., lambdas=..., recommended_lam=...,
     baseline_lam=..., **result)``). ``on_woven`` receives every woven task vector (e.g. to save it).
+
+    When ``evaluate`` returns per-image correctness (a 1-D bool tensor) instead of a percentage,
+    the accuracy is its mean in percent, and with ``bootstrap`` (``resamples``, ``level``,
+    ``seed``: `weaving.stats`) the result also holds ``intervals``: the baseline's and each woven
+    model's task-averaged accuracy and the gain of each woven model over the baseline (paired,
+    the same images), each as ``{"estimate", "low", "high"}``.
     """
     from tqdm.auto import tqdm
 
@@ -131,6 +139,18 @@ def evaluate_method(
         "weaving": {p: {o: {} for o in pool_over} for p in poolings},
     }
     linear = METHODS[method].linear_in_lam
+    correct: dict[tuple, dict[str, Tensor]] = {}
+
+    def score(vector: TaskVector, task: str, kind: tuple) -> float:
+        value = evaluate(vector, task)
+        if isinstance(value, Tensor):
+            if value.ndim != 1 or value.numel() == 0:
+                raise ValueError(f"evaluate({task!r}) returned a tensor of shape {tuple(value.shape)}, "
+                                 f"not a non-empty 1-D correctness vector")
+            correct.setdefault(kind, {})[task] = value.bool().cpu()
+            return 100.0 * float(value.double().mean())
+        return float(value)
+
     for scenario in scenarios:
         taus = [task_vectors[name] for name in scenario.members]
         merged = merge(method, taus, lam=1.0, **hparams)
@@ -139,8 +159,9 @@ def evaluate_method(
             scaled = ({key: value * lam for key, value in merged.items()} if linear
                       else merge(method, taus, lam=lam, **hparams))
             at_point[lam] = {}
+            is_baseline = math.isclose(lam, baseline_lam, abs_tol=1e-9)
             for task in scenario.tasks:
-                at_point[lam][task] = evaluate(scaled, task)
+                at_point[lam][task] = score(scaled, task, ("baseline",) if is_baseline else ("lam", lam))
                 bar.update()
         for task in scenario.tasks:
             for i, lam in enumerate(lambdas):
@@ -154,10 +175,34 @@ def evaluate_method(
                 if on_woven is not None:
                     on_woven(scenario, pooling, over, woven)
                 for task in scenario.tasks:
-                    result["weaving"][pooling][over][task] = evaluate(woven, task)
+                    result["weaving"][pooling][over][task] = score(woven, task, ("weaving", pooling, over))
                     bar.update()
     bar.close()
+    if bootstrap is not None and ("baseline",) in correct:
+        result["intervals"] = _intervals(correct, poolings, pool_over, bootstrap)
     return result
+
+
+def _intervals(correct: Mapping[tuple, Mapping[str, Tensor]], poolings: Sequence[str], pool_over: Sequence[str],
+               bootstrap: Mapping[str, float | int]) -> dict:
+    """Bootstrap intervals of the baseline, each woven model and each gain (`weaving.stats`)."""
+    from dataclasses import asdict
+
+    from weaving.stats import mean_accuracy_interval, paired_difference_interval
+
+    options = {"resamples": int(bootstrap["resamples"]), "level": float(bootstrap["level"]),
+               "seed": int(bootstrap["seed"])}
+    as_numpy = {kind: {task: values.numpy() for task, values in per_task.items()} for kind, per_task in correct.items()}
+    baseline = as_numpy[("baseline",)]
+    intervals: dict = {**options, "baseline": asdict(mean_accuracy_interval(baseline, **options)), "weaving": {},
+                       "gain": {}}
+    for pooling in poolings:
+        for over in pool_over:
+            woven = as_numpy[("weaving", pooling, over)]
+            intervals["weaving"].setdefault(pooling, {})[over] = asdict(mean_accuracy_interval(woven, **options))
+            intervals["gain"].setdefault(pooling, {})[over] = asdict(
+                paired_difference_interval(baseline, woven, **options))
+    return intervals
 
 
 def _point(lam: float, points: Sequence[float]) -> float:

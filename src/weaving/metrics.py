@@ -150,6 +150,43 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
+class BootstrapInterval(BaseModel):
+    """A task-averaged accuracy (percent) or a gain (percentage points) with its percentile bootstrap
+    interval over test images (`weaving.stats`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    estimate: Number = Field(description="the value on the test images as they are")
+    low: Number = Field(description="the interval's lower end")
+    high: Number = Field(description="the interval's upper end, at least `low`")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BootstrapInterval:
+        if self.low > self.high:
+            problems = _ContractProblems()
+            problems.add(("low",), f"must be at most 'high' ({self.high}), got {self.low}")
+            problems.raise_if_any(type(self).__name__)
+        return self
+
+
+class WeaveIntervals(BaseModel):
+    """Bootstrap intervals of one weave stage's averages: the baseline, each woven model, and each woven
+    model's gain over the baseline, paired over the same test images (`weaving.stats`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resamples: Count = Field(description="bootstrap draws (params `weave.bootstrap.resamples`)")
+    level: Number = Field(gt=0, lt=1, description="the intervals' coverage, e.g. 0.95")
+    seed: int = Field(description="the draws' seed")
+    baseline: BootstrapInterval = Field(description="the baseline's task-averaged accuracy")
+    weaving: dict[str, dict[str, BootstrapInterval]] = Field(
+        description="`weaving[pooling][pool_over]`: the woven model's task-averaged accuracy",
+        json_schema_extra=_keys("pooling", "pool_over"))
+    gain: dict[str, dict[str, BootstrapInterval]] = Field(
+        description="`gain[pooling][pool_over]`: woven minus baseline, percentage points",
+        json_schema_extra=_keys("pooling", "pool_over"))
+
+
 class WeaveMetrics(_Record):
     """One merge method in one setup: accuracies (percent) at the baseline and recommended lam, over
     the search space, and with Weight Weaving for each pooling and pool_over.
@@ -184,6 +221,8 @@ class WeaveMetrics(_Record):
     weaving: dict[str, dict[str, PerTask]] = Field(
         description="`weaving[pooling][pool_over][task]`: accuracy of the woven model",
         json_schema_extra=_keys("pooling", "pool_over", "task"))
+    intervals: WeaveIntervals | None = Field(
+        default=None, description="bootstrap intervals of the averages (absent when not computed)")
 
     @model_validator(mode="after")
     def _consistent(self) -> WeaveMetrics:
@@ -204,8 +243,22 @@ class WeaveMetrics(_Record):
             for pool_over, per_task in by_pool_over.items():
                 if pooling in POOLING_ENTRIES and pool_over in POOL_OVER:
                     problems.covers(("weaving", pooling, pool_over), per_task, self.tasks)
+        if self.intervals is not None:
+            woven = {(p, o) for p, by_over in self.weaving.items() for o in by_over}
+            for part in ("weaving", "gain"):
+                have = {(p, o) for p, by_over in getattr(self.intervals, part).items() for o in by_over}
+                if have != woven:
+                    problems.add(("intervals", part), f"must cover the pooling/pool_over pairs of 'weaving' "
+                                                      f"{sorted(woven)}, got {sorted(have)}")
         problems.raise_if_any(type(self).__name__)
         return self
+
+    def to_json_data(self) -> Any:
+        """The JSON document; `intervals` left out when absent (files written before it existed read back the same)."""
+        data = super().to_json_data()
+        if data.get("intervals") is None:
+            data.pop("intervals", None)
+        return data
 
     def mean(self, per_task: dict[str, float]) -> float:
         """Mean over `tasks` of a per-task accuracy mapping."""
@@ -578,7 +631,7 @@ def _doc(model: type) -> str:
 
 def contract_markdown() -> str:
     """The "Metrics" section of `docs/contracts.md`, rendered from the models (a test keeps the two equal)."""
-    nested = (ContinualReference, SimilarityMatrix, SequentialSplit)
+    nested = (WeaveIntervals, BootstrapInterval, ContinualReference, SimilarityMatrix, SequentialSplit)
     out = [
         "Every metrics file has one pydantic model in `src/weaving/metrics.py`: its stage writes it with",
         "`Model(...).write(path)` (indented JSON, keys in the order below) and the report reads it with",

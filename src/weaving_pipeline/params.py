@@ -141,6 +141,14 @@ class ArtifactChoice(_Strict):
         return setups
 
 
+class BootstrapParams(_Strict):
+    """Bootstrap intervals over test images of each weave stage's averages and gains (`weaving.stats`)."""
+
+    resamples: int = Field(default=1000, ge=100, description="bootstrap draws (at least 100: weaving.stats.MIN_RESAMPLES)")
+    level: float = Field(default=0.95, gt=0, lt=1, description="the intervals' coverage")
+    seed: int = Field(default=0, description="seed of the draws")
+
+
 class WeaveParams(_Strict):
     poolings: list[str] = Field(min_length=1)
     pool_over: list[Literal["all", "augmented"]] = Field(min_length=1)
@@ -149,6 +157,7 @@ class WeaveParams(_Strict):
     key_set: Literal["visual", "image_encoder"] = Field(
         default="visual", description="what model-wide methods (TIES, PCB) flatten over: the image encoder's keys, "
         "or the Weight Weaving authors' ImageEncoder set (plus the frozen text-side keys with zero deltas)")
+    bootstrap: BootstrapParams = BootstrapParams()
 
 
 class Params(_Strict):

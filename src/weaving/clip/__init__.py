@@ -10,6 +10,7 @@ from weaving._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainingInterrupted": "weaving.clip._train",
+    "correctness": "weaving.clip.evaluate",
     "evaluate": "weaving.clip.evaluate",
     "predict": "weaving.clip.evaluate",
     "finetune": "weaving.clip.finetune",

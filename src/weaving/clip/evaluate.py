@@ -26,15 +26,16 @@ def predict(
     return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.int64)
 
 
-def evaluate(
+def correctness(
     model: torch.nn.Module,
     visual_sd: dict[str, torch.Tensor] | None,
     head: torch.Tensor,
     cache: dict[str, torch.Tensor],
     batch_size: int = 256,
     class_subset: Sequence[int] | None = None,
-) -> float:
-    """Top-1 accuracy (percent) on `cache` (`cache_eval_tensors`); loads `visual_sd` into `model.visual` first.
+) -> torch.Tensor:
+    """Per test image of `cache` (`cache_eval_tensors`), whether the top-1 prediction is right (1-D bool);
+    loads `visual_sd` into `model.visual` first.
 
     `class_subset`: only the examples of these classes, classified among them (head rows
     restricted, labels remapped). `visual_sd=None` evaluates `model.visual` as it is.
@@ -57,4 +58,17 @@ def evaluate(
         images, head = images[keep], head[subset]
     model.visual.eval()
     predictions = predict(model, images, head, batch_size)
-    return 100.0 * float((predictions == targets).double().mean())
+    return predictions == targets
+
+
+def evaluate(
+    model: torch.nn.Module,
+    visual_sd: dict[str, torch.Tensor] | None,
+    head: torch.Tensor,
+    cache: dict[str, torch.Tensor],
+    batch_size: int = 256,
+    class_subset: Sequence[int] | None = None,
+) -> float:
+    """Top-1 accuracy (percent) on `cache`: `100 * mean(correctness(...))` (arguments as `correctness`)."""
+    right = correctness(model, visual_sd, head, cache, batch_size, class_subset)
+    return 100.0 * float(right.double().mean())

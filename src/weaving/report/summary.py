@@ -3,7 +3,9 @@
 Layout (keys stable): {model: {setup: {method: {...}}, "avg": {method: {...}}, "zeroshot_avg",
 "finetuned_avg"}, "avg": {method: {...}}}; a method's entry holds baseline, recommended,
 weaving_<pooling>_<pool_over>, gain (weaving_avg_all - baseline), oracle_single, oracle_single_lam,
-oracle_per_task. The "avg" entries are means over setups (per model) and over setups and models (top).
+oracle_per_task, and where the weave stage computed them, bootstrap intervals over test images
+(`baseline_ci`, `weaving_avg_all_ci`, `gain_ci`: [low, high]). The "avg" entries are means over
+setups (per model) and over setups and models (top); intervals are not averaged.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def method_numbers(r: WeaveMetrics, poolings: list[str], pool_overs: list[str]) 
     numbers["oracle_single"] = single
     numbers["oracle_single_lam"] = lam
     numbers["oracle_per_task"] = fmean(r.oracle_per_task().values())
+    if r.intervals is not None and "avg" in r.intervals.weaving and "all" in r.intervals.weaving["avg"]:
+        for key, interval in (("baseline_ci", r.intervals.baseline), ("weaving_avg_all_ci", r.intervals.weaving["avg"]["all"]),
+                              ("gain_ci", r.intervals.gain["avg"]["all"])):
+            numbers[key] = [interval.low, interval.high]
     return numbers
 
 
 def _mean_entries(entries: list[dict[str, float]]) -> dict[str, float]:
-    return {k: fmean(e[k] for e in entries) for k in entries[0] if k != "oracle_single_lam"}
+    return {k: fmean(e[k] for e in entries) for k in entries[0] if k != "oracle_single_lam" and not k.endswith("_ci")}
 
 
 def _round(obj: Any) -> Any:
@@ -38,6 +44,8 @@ def _round(obj: Any) -> Any:
         return round(obj, 2)
     if isinstance(obj, dict):
         return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
     return obj
 
 
