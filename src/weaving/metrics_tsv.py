@@ -27,6 +27,12 @@ MASS_VARIANTS = ("finetuned", "tsv_merge", "tsvc_task_known", "mass", "mass_orac
 _CLOSE = 1e-9
 
 
+class _TsvRecord(_Record):
+    def to_json_data(self) -> dict:
+        """The JSON document; optional keys left out when absent (`mass_ratio_to_one_model` in compress.json)."""
+        return self.model_dump(mode="python", exclude_none=True)
+
+
 class Storage(_Record):
     """Stored numbers (and bytes) of the `T` compressed task vectors against one model (`one_model_*`:
     one uncompressed task vector's floating parameters) and against `T` models."""
@@ -60,7 +66,7 @@ class CompressHeadline(_Record):
     storage_ratio: Number = Field(description="stored numbers of the T compressed vectors / one model's")
 
 
-class CompressMetrics(_Record):
+class CompressMetrics(_TsvRecord):
     """TSV-C of the multi-task suite's task vectors (`weaving.compress.experiment`)."""
 
     layout: ClassVar[str] = "metrics/<model>/tsv/compress.json"
@@ -168,7 +174,7 @@ class MassHeadline(_Record):
     top1_normalized_mean: Number
 
 
-class MassMetrics(_Record):
+class MassMetrics(_TsvRecord):
     """MASS routing over the TSV-C compressed suite (`weaving.routing.experiment`)."""
 
     layout: ClassVar[str] = "metrics/<model>/tsv/mass.json"
