@@ -273,6 +273,8 @@ def test_section_tables_figures_and_claim_numbers(tmp_path: Path) -> None:
     sweep = next(t for t in result.tables if t.name == "tsvc_sweep_tiny-clip")
     assert [row[0].key for row in sweep.rows] == ["0.1", f"{1 / 3:.6g}", "0.5"]
     assert "1/T" in sweep.rows[1][0].text
+    mass_normalized = (7000 / 90 + 6000 / 80 + 90) / 3
+    assert any(f"Missed by {95 - mass_normalized:.2f} points" in line for line in result.text)
 
 
 @pytest.mark.parametrize(
