@@ -247,6 +247,11 @@ def test_mass_stage_counts_every_test_image_once(repo: Path) -> None:
     # TSV-C with the task known is measured by both stages, independently: the same model, the same images.
     assert mass.accuracy["tsvc_task_known"] == pytest.approx(compress.default.accuracy)
     assert mass.accuracy["finetuned"] == compress.finetuned
+    # TSV-Merge from the compressed factors is the weave stage's `tsv` merge at lam = 1 (merge("tsv", taus)).
+    if "tsv" in params["methods"]:
+        weave = json.loads((repo / "metrics/tiny-clip/weave/mtl/tsv.json").read_text())
+        assert weave["baseline_lam"] == 1.0
+        assert mass.accuracy["tsv_merge"] == pytest.approx(weave["baseline"], abs=1e-6)
 
 
 def test_report_has_the_tsv_claims_tables_and_figures(repo: Path) -> None:
