@@ -16,6 +16,17 @@ from pathlib import Path
 MODULE_LEVEL_ONLY = {"weaving_pipeline/params.py", "weaving/catalogue.py"}
 REGISTRY_LOADERS = {"weaving/methods/__init__.py": "weaving/catalogue.py"}
 """Packages that load the modules a registry names by string ("weaving.methods.ties")."""
+SECTION_REGISTRY = "weaving/report/sections.py"
+"""Loads `weaving.report.<module>` for every value of its `SECTIONS` dict (the families' report sections)."""
+
+
+def _section_modules(path: Path) -> set[str]:
+    for node in ast.parse(path.read_text()).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign)
+                                                                       else None)
+        if isinstance(target, ast.Name) and target.id == "SECTIONS" and node.value is not None:
+            return {f"weaving.report.{name}" for name in ast.literal_eval(node.value).values()}
+    return set()
 
 
 def module_file(src: Path, module: str) -> Path | None:
@@ -48,6 +59,8 @@ def _imported_modules(path: Path, src: Path) -> set[str]:
             exports = _lazy_exports(package_init) if package_init and package_init.name == "__init__.py" else {}
             for alias in node.names:
                 found.add(exports.get(alias.name, f"{node.module}.{alias.name}"))
+    if relative == SECTION_REGISTRY:
+        found.update(_section_modules(path))
     if relative in REGISTRY_LOADERS:
         registry = ast.parse((src / REGISTRY_LOADERS[relative]).read_text())
         found.update(node.value for node in ast.walk(registry) if isinstance(node, ast.Constant)

@@ -32,6 +32,7 @@ def expected_stages(params: dict) -> set[str]:
         stages |= {f"finetune@{m}-{t}" for t in params["suite"]["mtl"]}
         stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
         stages |= {f"weave@{m}-{setup}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
+        stages |= {f"compress@{m}", f"mass@{m}"}  # Task Singular Vectors (docs/tsv.md)
     return stages
 
 

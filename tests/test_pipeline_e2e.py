@@ -187,3 +187,103 @@ def test_a_rerun_of_a_finetune_and_a_weave_is_bitwise_identical(repo: Path) -> N
     run(["dvc", "repro", "-f", "-s", f"finetune@tiny-clip-{task}"], repo)
     run(["dvc", "repro", "-f", "-s", "weave@tiny-clip-mtl-ties"], repo)
     assert digests() == before
+
+
+# --- Task Singular Vectors: the compress and mass stages (docs/tsv.md, "Pipeline") ---------------------------------
+
+def test_compress_stage_files_match_an_independent_count(repo: Path) -> None:
+    """The compressed files: one per task, made against this pretrained checkpoint, rank k = max(1, int(r / T))
+    per factored key, and the storage ratio of compress.json equals the numbers in the files over the
+    pretrained image encoder's floating numbers, both counted here from the safetensors files."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from weaving.metrics_tsv import CompressMetrics
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    tasks = params["suite"]["mtl"]
+    metrics = CompressMetrics.read(repo / "metrics/tiny-clip/tsv/compress.json")
+    assert metrics.tasks == tasks and metrics.default.is_default
+    for task in tasks:
+        finetuned = json.loads((repo / f"metrics/tiny-clip/finetune/{task}.json").read_text())["accuracy"]
+        assert metrics.finetuned[task] == finetuned
+        assert metrics.default.normalized[task] == pytest.approx(100 * metrics.default.accuracy[task] / finetuned)
+    pretrained_file = repo / "models/tiny-clip/pretrained/visual.safetensors"
+    one_model = sum(v.numel() for v in load_file(pretrained_file).values() if v.is_floating_point())
+    digest = hashlib.sha256(pretrained_file.read_bytes()).hexdigest()
+    stored = 0
+    for task in tasks:
+        path = repo / f"models/tiny-clip/compressed/{task}.safetensors"
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        assert json.loads(meta["pretrained"])["sha256"] == digest and meta["task"] == task
+        tensors = load_file(path)
+        stored += sum(v.numel() for v in tensors.values())
+        for key, u in tensors.items():
+            if key.endswith("::U"):
+                m, n = u.shape[0], tensors[key[:-3] + "::V"].shape[1]
+                assert u.shape[1] == max(1, int(min(m, n) / len(tasks)))
+    assert metrics.default.storage.stored_numbers == stored
+    assert metrics.headline.storage_ratio == pytest.approx(stored / one_model)
+
+
+def test_mass_stage_counts_every_test_image_once(repo: Path) -> None:
+    from weaving.metrics_tsv import CompressMetrics, MassMetrics
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    tasks = params["suite"]["mtl"]
+    mass = MassMetrics.read(repo / "metrics/tiny-clip/tsv/mass.json")
+    compress = CompressMetrics.read(repo / "metrics/tiny-clip/tsv/compress.json")
+    images = sum(len(torch.load(repo / f"data/cache/tiny-clip/{t}_test.pt", weights_only=True)["labels"])
+                 for t in tasks)
+    histogram = mass.routing.set_size_histogram
+    assert sum(histogram.values()) == images
+    assert all(1 <= int(size) <= params["mass"]["max_tasks"] for size in histogram)
+    assert sum(mass.routing.selected_sets.values()) == images
+    assert mass.options.threshold == params["mass"]["threshold"]
+    assert mass.options.layer == params["mass"]["layer"]["tiny-clip"]
+    assert [r.threshold for r in mass.sweeps.threshold] == params["mass"]["thresholds"]
+    # TSV-C with the task known is measured by both stages, independently: the same model, the same images.
+    assert mass.accuracy["tsvc_task_known"] == pytest.approx(compress.default.accuracy)
+    assert mass.accuracy["finetuned"] == compress.finetuned
+    # TSV-Merge from the compressed factors is the weave stage's `tsv` merge at lam = 1 (merge("tsv", taus)).
+    if "tsv" in params["methods"]:
+        weave = json.loads((repo / "metrics/tiny-clip/weave/mtl/tsv.json").read_text())
+        assert weave["baseline_lam"] == 1.0
+        assert mass.accuracy["tsv_merge"] == pytest.approx(weave["baseline"], abs=1e-6)
+
+
+def test_report_has_the_tsv_claims_tables_and_figures(repo: Path) -> None:
+    from weaving.metrics_tsv import CompressMetrics, MassMetrics
+
+    claims = {c["id"]: c for c in json.loads((repo / "reports/claims.json").read_text())["claims"]}
+    compress = CompressMetrics.read(repo / "metrics/tiny-clip/tsv/compress.json")
+    mass = MassMetrics.read(repo / "metrics/tiny-clip/tsv/mass.json")
+    retention = claims["tsvc_retention"]["numbers"]
+    assert retention["normalized_mean"] == pytest.approx(compress.default.normalized_mean, abs=1e-3)
+    assert retention["storage_ratio"] == pytest.approx(compress.default.storage.ratio_to_one_model, abs=1e-3)
+    versus = claims["mass_vs_finetuned"]["numbers"]
+    assert versus["normalized_mean"] == pytest.approx(mass.normalized_mean["mass"], abs=1e-3)
+    assert versus["tsv_merge_normalized_mean"] == pytest.approx(mass.normalized_mean["tsv_merge"], abs=1e-3)
+    assert {"mass_topk_vs_top1", "tsv_storage"} <= set(claims)
+    for name in ("tsvc_tiny-clip", "tsvc_sweep_tiny-clip", "mass_tiny-clip", "mass_layer_sweep_tiny-clip"):
+        assert (repo / f"reports/tables/{name}.md").is_file()
+    for name in ("tsvc_retention_vs_storage", "mass_threshold_ablation", "mass_layer_ablation"):
+        assert (repo / f"reports/figures/{name}.png").is_file()
+
+
+def test_changing_the_mass_threshold_invalidates_only_mass(repo: Path) -> None:
+    """Only mass (and the params stage) become stale; not the compression. Stages an earlier test left stale
+    (a forced fine-tune rerun rewrites its timing) are set aside."""
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    stale = stages_to_run(repo)
+    try:
+        params = yaml.safe_load(original)
+        params["mass"]["threshold"] = 0.3
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stages_to_run(repo) - stale == {"params", "mass@tiny-clip"} - stale
+    finally:
+        params_path.write_text(original)

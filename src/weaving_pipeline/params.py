@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
 from weaving.errors import ParamError
+from weaving_pipeline.params_tsv import CompressParams, MassParams
 
 SETUPS = SETUP_ENTRIES.keys()
 """The registered setups (``weaving.catalogue``): multi-task learning, continual learning, domain
@@ -183,6 +184,8 @@ class Params(_Strict):
     methods: list[str] = Field(min_length=1)
     method_params: dict[str, MethodParams]
     weave: WeaveParams
+    compress: CompressParams
+    mass: MassParams
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

@@ -74,3 +74,16 @@ def weave_metrics(model: str, setup: str, method: str) -> Path:
 def resume(model: str, *parts: str) -> Path:
     """`.resume/<model>/<parts...>`: a fine-tune's checkpoints while it runs (ignored by git and DVC)."""
     return Path(".resume") / model / Path(*parts)
+
+
+# --- Task Singular Vectors (stages compress and mass; docs/tsv.md, "Pipeline") ---
+
+def compressed(model: str, task: str | None = None) -> Path:
+    """`models/<model>/compressed/[<task>.safetensors]`: the multi-task suite's task vectors, TSV-C at 1/T."""
+    folder = model_dir(model) / "compressed"
+    return folder if task is None else folder / f"{task}.safetensors"
+
+
+def tsv_metrics(model: str, name: str) -> Path:
+    """`metrics/<model>/tsv/<name>.json` (`compress`, `mass`)."""
+    return metrics(model, "tsv", f"{name}.json")

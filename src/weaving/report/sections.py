@@ -20,7 +20,9 @@ from pathlib import Path
 from weaving.report.claims import Claim
 from weaving.report.tables import Table
 
-SECTIONS: dict[str, str] = {}
+SECTIONS: dict[str, str] = {
+    "tsv": "tsv",
+}
 """Section name -> module under `weaving.report` that defines `section(metrics_dir, models)`."""
 
 
