@@ -52,7 +52,7 @@ def test_registry_lists_the_eight_methods() -> None:
     assert METHODS["ties"].defaults == {"density": 0.2}
     assert METHODS["dare"].defaults == {"p": 0.5, "seed": 0}
     assert METHODS["breadcrumbs"].defaults == {"beta": 0.1, "gamma": 0.01}
-    assert METHODS["pcb"].defaults == {"ratio": 0.05}
+    assert METHODS["pcb"].defaults == {"ratio": 0.05, "summed_inter": False}  # the Weight Weaving authors' pairwise form
 
 
 @given(models())
