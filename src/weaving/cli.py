@@ -1,12 +1,14 @@
 """The ``weaving`` command line: ``weaving merge``, ``weave``, ``run`` and ``methods``.
 
 ``merge`` and ``weave`` stream: one key's tensors are in memory at a time (see
-``weaving.engine``), and the output (one ``.safetensors`` file, or a Hugging Face model folder
+``weaving.streaming``), and the output (one ``.safetensors`` file, or a Hugging Face model folder
 when ``--out`` ends with ``/``) is written as the keys arrive, atomically. The output is
 ``theta_pre + result`` with metadata recording the request, the dtypes and each input's
 sha256. Inputs may be checkpoints, PEFT LoRA adapter folders or hub ids in the local
 Hugging Face cache (``weaving.inputs``). ``run FILE.yaml`` runs the request a merge file
-describes (``weaving.mergefile``); ``--save-config`` writes one.
+describes (``weaving.mergefile``); ``--save-config`` writes one. The request is validated
+once, by the library's ``weaving.request.validate_request`` in the CLI's wording (flags, e.g.
+``--lam``, and mergekit's names explained), before any file is read.
 
 Exit status: 0 on success, 2 for a bad request (usage, unknown method, pooling or
 hyper-parameter, value out of range, bad search space, bad output name), 1 for bad inputs
@@ -21,7 +23,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import math
 import signal
 import sys
 import threading
@@ -33,8 +34,7 @@ import torch
 
 from weaving import METHODS, POOL_OVER, POOLINGS, parse_search_space
 from weaving.atomic import atomic_path
-from weaving.engine import stream_merge
-from weaving.errors import InputError, ParamError, WeavingError, choices
+from weaving.errors import InputError, ParamError, WeavingError
 from weaving.hashcache import HashCache
 from weaving.hf import (
     MODEL_FOLDER_FILES,
@@ -49,6 +49,7 @@ from weaving.inputs import (
     WEIGHTED_METHODS,
     InputSpec,
     append_union_rows,
+    check_weights,
     locate_input,
     open_input,
     prepare_sources,
@@ -70,8 +71,19 @@ from weaving.output import (
     write_file,
     write_model_folder,
 )
+from weaving.request import MergeRequest, Wording, get_method, validate_request
+from weaving.streaming import stream_request
 
 PROG = "weaving"
+
+CLI_WORDING = Wording(
+    names={"lam": "--lam", "lambdas": "--lambdas", "pooling": "--pooling", "pool_over": "--pool-over",
+           "seed": "--seed", "method_seed": "--set seed", "hparams": "--set"},
+    not_finite="{name} must be finite, got {value!r}",
+    method_hint=method_hint,
+    hparam_hint=hparam_hint,
+)
+"""How the command line's request errors name things: by flag, with mergekit's names explained."""
 
 FAMILY_COMMANDS: tuple[str, ...] = ("weaving.compress.cli", "weaving.search.cli", "weaving.align.cli")
 """Modules of the algorithm families that add a subcommand: each exposes
@@ -214,47 +226,27 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
-def validate_request(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, object], list[float] | None]:
-    """(``--set`` values, full hyper-parameters with defaults filled in, search space); reads no file.
+def build_request(args: argparse.Namespace) -> tuple[dict[str, object], MergeRequest]:
+    """(``--set`` values, the validated request); reads no file.
 
-    ``seed`` is DARE's seed unless ``--set seed=N`` gives it on its own. A mergekit method or
-    parameter name with another meaning here is refused with the weaving equivalent.
+    The request is the library's (``validate_request``, in ``CLI_WORDING``): ``seed`` is
+    DARE's seed unless ``--set seed=N`` gives it on its own, and a mergekit method or parameter
+    name with another meaning here is refused with the weaving equivalent. Then the
+    command line's own options: ``--weights``, ``--max-shard-size``, ``--device``.
     """
-    if args.method not in METHODS:
-        hint = method_hint(args.method)
-        raise ParamError(f"unknown method {args.method!r}" + (f" ({hint})" if hint else "") + f"; valid: {choices(METHODS)}")
-    method = METHODS[args.method]
+    get_method(args.method, CLI_WORDING)  # before the --set values are parsed
     given = parse_assignments(args.assignments)
-    for name in given:
-        if name not in method.defaults and (hint := hparam_hint(args.method, name)) is not None:
-            raise ParamError(f"method {args.method!r}: --set {name}: {hint}; valid: {choices(method.defaults)}")
-    with_seed = dict(given)
-    if "seed" in method.defaults:
-        with_seed.setdefault("seed", args.seed)
-    hparams = dict(method.validate(with_seed))
-    lambdas = None
     if args.command == "merge":
-        if not math.isfinite(args.lam):
-            raise ParamError(f"--lam must be finite, got {args.lam!r}")
+        shape: dict[str, object] = {"lam": args.lam}
     else:
-        if args.pooling not in POOLINGS:
-            raise ParamError(f"unknown pooling {args.pooling!r}; valid: {choices(POOLINGS)}")
-        lambdas = [float(v) for v in parse_search_space(args.lambdas)]
+        shape = {"lambdas": parse_search_space(args.lambdas), "pooling": args.pooling,
+                 "pool_over": args.pool_over, "materialize": args.materialize}
+    request = validate_request(args.method, seed=args.seed, hparams=given, wording=CLI_WORDING, **shape)
     if args.weights is not None:
-        if args.method not in WEIGHTED_METHODS:
-            raise ParamError(
-                f"--weights: method {args.method!r} takes no per-model weights (it compares task vectors with each "
-                f"other, so a weight would change what it selects); methods that take them: {', '.join(WEIGHTED_METHODS)}"
-            )
-        if len(args.weights) != len(args.finetuned):
-            raise ParamError(f"--weights: {len(args.weights)} weights for {len(args.finetuned)} fine-tuned models; "
-                             "give one each")
-        bad = [w for w in args.weights if not math.isfinite(w)]
-        if bad:
-            raise ParamError(f"--weights: weights must be finite, got {bad[0]!r}")
+        check_weights(args.weights, args.method, len(args.finetuned))
     parse_size(args.max_shard_size)
     check_device(args)
-    return given, hparams, lambdas
+    return given, request
 
 
 def check_device(args: argparse.Namespace) -> None:
@@ -385,7 +377,7 @@ def _folder_texts(args: argparse.Namespace, pretrained: InputSpec, tokenizer_fro
 def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = None) -> None:
     """``weaving merge``, ``weaving weave`` and ``weaving run``: validate, locate, check the
     output, open, stream, hash, write. ``merge_file``: (path, sha256) of the YAML it came from."""
-    given, hparams, lambdas = validate_request(args)
+    given, request = build_request(args)
     target = parse_out(args.out)
     max_shard_bytes = parse_size(args.max_shard_size)
     progress = not args.quiet
@@ -432,14 +424,8 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
     shards = plan_shards(specs, max_shard_bytes) if target.folder else [keys]
     check_space(target, total_bytes, len(shards) + 1)
 
-    method_seed = given.pop("seed", None)
-    common = dict(seed=args.seed, method_seed=method_seed, progress=progress, **given)
-    if args.command == "merge":
-        stream = stream_merge(prepared.pretrained, prepared.finetuned, args.method, lam=args.lam, **common)
-    else:
-        stream = stream_merge(prepared.pretrained, prepared.finetuned, args.method, lambdas=lambdas,
-                              pooling=args.pooling, pool_over=args.pool_over, materialize=args.materialize, **common)
-    # stream_merge has validated keys, shapes and dtypes; no tensor is read before the hashes.
+    stream = stream_request(prepared.pretrained, prepared.finetuned, request, progress=progress)
+    # stream_request has checked keys, shapes and dtypes; no tensor is read before the hashes.
     digests = _hash_inputs(all_specs, args.hash, progress)
     records = [{"path": spec.given, "sha256": digest} for spec, digest in zip(all_specs, digests)]
     for record, spec in zip(records[1:], finetuned_specs):
@@ -450,7 +436,7 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
         "weaving_version": weaving_version(),
         "command": args.command,
         "method": args.method,
-        "hparams": json.dumps(hparams, sort_keys=True),
+        "hparams": json.dumps(dict(request.hparams), sort_keys=True),
         "seed": str(args.seed),
         "pretrained": json.dumps(records[0]),
         "finetuned": json.dumps(records[1:]),
@@ -470,8 +456,9 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
     if args.command == "merge":
         metadata["lam"] = json.dumps(args.lam)
     else:
+        assert request.weave is not None
         metadata.update({
-            "lambdas": json.dumps(lambdas),
+            "lambdas": json.dumps(list(request.weave.lambdas)),
             "lambdas_spec": args.lambdas,
             "pooling": args.pooling,
             "pool_over": args.pool_over,
@@ -492,8 +479,7 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
                 tokenizer_from = next(s for s, src in zip(finetuned_specs, finetuned) if src is widest[2])
             copies, texts = _folder_texts(args, pretrained_spec, tokenizer_from, out_dtypes, vocab_rows)
             roles = [{"role": "pretrained", **records[0]}] + [{"role": "fine-tuned", **r} for r in records[1:]]
-            texts["README.md"] = _model_card(args, from_arguments(args, given_with_seed(given, method_seed), None),
-                                             roles, metadata)
+            texts["README.md"] = _model_card(args, from_arguments(args, given, None), roles, metadata)
             write_model_folder(target, specs, output, metadata, shards=shards, copies=copies, texts=texts,
                                progress=progress)
     finally:
@@ -511,10 +497,6 @@ def check_config_path(path: Path, target: OutputTarget, inputs: dict[str, list[P
     if (target.folder and is_inside(path, target.path)) or (not target.folder and path.exists()
                                                            and same_file(path, target.path)):
         raise ParamError(f"--save-config {path}: is inside or on the output {target.given}; choose another path")
-
-
-def given_with_seed(given: dict[str, object], method_seed: object) -> dict[str, object]:
-    return given if method_seed is None else {**given, "seed": method_seed}
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -5,7 +5,7 @@ index or folder), a PEFT LoRA adapter folder, or a Hugging Face hub id resolved 
 local cache; ``InputSpec.files`` lists every file it consists of (so the output can be
 compared with each of them).
 
-``prepare_sources`` then presents the opened sources to ``weaving.engine.stream_merge``:
+``prepare_sources`` then presents the opened sources to ``weaving.streaming.stream_request``:
 
 - mixed dtypes: when the inputs' floating dtypes differ (or weights or an adapter are
   involved), every input presents each floating key in one dtype, the promotion of all the
@@ -189,6 +189,21 @@ class WeightedSource(_Wrapper):
 # ---------------------------------------------------------------- checks and preparation
 
 
+def check_weights(weights: Sequence[float], method: str | None, count: int) -> None:
+    """Per-model ``--weights``: a method of ``WEIGHTED_METHODS``, one weight for each of the
+    ``count`` fine-tuned models, every weight finite; else ``ParamError``. Reads no file."""
+    if method not in WEIGHTED_METHODS:
+        raise ParamError(
+            f"--weights: method {method!r} takes no per-model weights (it compares task vectors with each "
+            f"other, so a weight would change what it selects); methods that take them: {', '.join(WEIGHTED_METHODS)}"
+        )
+    if len(weights) != count:
+        raise ParamError(f"--weights: {len(weights)} weights for {count} fine-tuned models; give one each")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise ParamError(f"--weights: weights must be finite, got {bad[0]!r}")
+
+
 def float_dtypes(source: object) -> dict[str, torch.dtype]:
     """The dtype of every floating key of ``source``."""
     names = source.keys()  # type: ignore[attr-defined]
@@ -309,16 +324,7 @@ def prepare_sources(
         finetuned = [CastSource(s, presented) for s in finetuned]
 
     if weights is not None:
-        if method not in WEIGHTED_METHODS:
-            raise ParamError(
-                f"--weights: method {method!r} takes no per-model weights (it compares task vectors with each "
-                f"other, so a weight would change what it selects); methods that take them: {', '.join(WEIGHTED_METHODS)}"
-            )
-        if len(weights) != len(finetuned):
-            raise ParamError(f"--weights: {len(weights)} weights for {len(finetuned)} fine-tuned models; give one each")
-        for i, weight in enumerate(weights):
-            if not math.isfinite(weight):
-                raise ParamError(f"--weights: weight {i + 1} is {weight!r}; weights must be finite")
+        check_weights(weights, method, len(finetuned))
         finetuned = [WeightedSource(s, pretrained, w) for s, w in zip(finetuned, weights)]
 
     presented_dtypes = [pretrained.spec(k)[1] for k in base_dtypes]  # type: ignore[attr-defined]

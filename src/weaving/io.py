@@ -1,6 +1,6 @@
 """Checkpoint I/O: lazy state-dict sources, a streaming atomic safetensors writer, sha256.
 
-Sources implement ``weaving.engine.StateDictSource``: ``name``, ``keys()``, ``spec(key)``
+Sources implement ``weaving.sources.StateDictSource``: ``name``, ``keys()``, ``spec(key)``
 (shape and dtype without reading tensor data) and ``load(key)``. The format of a file is
 read from its first bytes (``detect_format``), never from its name: a safetensors file named
 ``.pt`` reads as safetensors, and a text file named ``.bin`` is reported as text. Formats:

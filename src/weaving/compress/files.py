@@ -231,7 +231,7 @@ def load_compressed(path: str | os.PathLike[str]) -> CompressedTaskVector:
 class CompressedTaskVectorSource:
     """A compressed file read as its reconstructed task vector tau, one key at a time.
 
-    Implements `weaving.engine.StateDictSource`: `keys()` are the task vector's (floating)
+    Implements `weaving.sources.StateDictSource`: `keys()` are the task vector's (floating)
     keys, `spec(key)` their original shape and dtype, `load(key)` the dense reconstruction.
     """
 

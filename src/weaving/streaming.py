@@ -1,0 +1,278 @@
+"""The streaming core: a validated `MergeRequest` over state-dict sources, key by key.
+
+One code path serves dicts in memory and files: the in-memory API (`weaving.engine`) wraps
+its dicts in `DictSource`s and runs the same core as `stream_request`. The core visits keys in
+sorted order holding one key's tensors at a time: model-wide methods (TIES, PCB) first run
+their statistics passes over every key, then every key is finalised, scaled or pooled.
+
+Numerics: every float tensor is computed in one compute dtype for the whole model,
+float64 if any floating tensor is float64, else float32; results are cast back to each
+key's own dtype. Task vectors cover floating-point tensors only (integer and bool buffers
+come from the pretrained model unchanged).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from weaving.errors import InputError, ParamError
+from weaving.methods.base import MethodRun, ModelLayout, PassNeeded, Workspace
+from weaving.poolings import pool_members, weave_tensor
+from weaving.request import MergeRequest, validate_request
+from weaving.sources import StateDictSource, check_same_layout, check_sources, checked_load, float_layout
+
+# ---------------------------------------------------------------------------- task vector stacks
+
+
+class TaskVectorStack:
+    """Stacked task vectors `[T, *shape]` per float key, in the compute dtype.
+
+    The stack lives in a buffer reused for the next key (no fresh allocation per key).
+    """
+
+    def __init__(self, layout: ModelLayout) -> None:
+        self.layout = layout
+        self._checked: set[str] = set()
+        self._workspace = Workspace()
+
+    def _first_visit(self, key: str) -> bool:
+        first = key not in self._checked
+        self._checked.add(key)
+        return first
+
+    def _stack_buffer(self, key: str, name: str = "stack", rows: int | None = None) -> torch.Tensor:
+        rows = self.layout.num_tasks if rows is None else rows
+        return self._workspace.take(name, (rows, *self.layout.shapes[key]), self.layout.compute_dtype)
+
+    def load(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SourceStack(TaskVectorStack):
+    """Task vectors read directly from one source per task."""
+
+    def __init__(self, layout: ModelLayout, taus: Sequence[StateDictSource]) -> None:
+        super().__init__(layout)
+        self._taus = taus
+
+    def load(self, key: str) -> torch.Tensor:
+        check = self._first_visit(key)
+        stacked = self._stack_buffer(key)
+        for row, source in zip(stacked, self._taus, strict=True):
+            row.copy_(checked_load(source, key, self.layout.shapes[key], check))
+        return stacked
+
+
+class DifferenceStack(TaskVectorStack):
+    """`theta_t - theta_pre` from a pretrained and the fine-tuned sources."""
+
+    def __init__(self, layout: ModelLayout, pretrained: StateDictSource, finetuned: Sequence[StateDictSource]) -> None:
+        super().__init__(layout)
+        self._pretrained = pretrained
+        self._finetuned = finetuned
+        self._base_key: str | None = None
+
+    def base(self, key: str, check: bool = True) -> torch.Tensor:
+        """`theta_pre[key]` in the compute dtype (kept from the last `load` of `key`)."""
+        base = self._stack_buffer(key, "base", rows=1)[0]
+        if self._base_key != key:
+            base.copy_(checked_load(self._pretrained, key, self.layout.shapes[key], check))
+            self._base_key = key
+        return base
+
+    def load(self, key: str) -> torch.Tensor:
+        check = self._first_visit(key)
+        self._base_key = None
+        base = self.base(key, check)
+        stacked = self._stack_buffer(key)
+        for row, source in zip(stacked, self._finetuned, strict=True):
+            row.copy_(checked_load(source, key, self.layout.shapes[key], check))
+        return stacked.sub_(base)
+
+
+class _GivenRun(MethodRun):
+    """The merged vector at lam 1 read from a source (for `weave_from_merged`)."""
+
+    def __init__(self, merged: StateDictSource, layout: ModelLayout) -> None:
+        self._merged = merged
+        self._layout = layout
+
+    def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        tensor = checked_load(self._merged, key, self._layout.shapes[key], True)
+        return tensor.to(self._layout.compute_dtype)
+
+
+# ---------------------------------------------------------------------------- the core
+
+
+def _bar(keys: Sequence[str], label: str, progress: bool) -> Iterable[str]:
+    return tqdm(keys, desc=label, unit="key", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+
+def stream_task_vectors(
+    stack: TaskVectorStack, request: MergeRequest, progress: bool, merged: StateDictSource | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(key, result)` over the float keys (sorted), results in the compute dtype.
+
+    `merged`: the merged vector at lam 1, read instead of running `request.method`.
+    """
+    layout = stack.layout
+    if merged is not None:
+        run: MethodRun = _GivenRun(merged, layout)
+    else:
+        assert request.method is not None
+        run = request.method.start(request.hparams, layout)
+
+    def statistics_pass(label: str) -> None:
+        for key in _bar(layout.keys, label, progress):
+            run.observe(key, stack.load(key))
+        run.end_pass()
+
+    while (label := run.next_pass()) is not None:
+        statistics_pass(label)
+    dtype = layout.compute_dtype
+    weave = request.weave
+    if weave is None:
+        assert request.lam is not None
+        lam = torch.tensor(request.lam, dtype=dtype)
+        final_label = f"{request.label}: merge (lam={request.lam:g})"
+    else:
+        lambdas = torch.tensor(weave.lambdas, dtype=dtype)
+        final_label = f"{request.label}: weave ({weave.pooling.name} over {weave.pool_over})"
+    linear = request.method is None or request.method.linear_in_lam
+
+    def finalized(key: str, lam: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(taus, f(taus, lam))` of `key` (lam None: at 1), after any statistics pass it needs."""
+        for attempt in range(2):
+            taus = stack.load(key)
+            try:
+                result = run.finalize(key, taus) if lam is None else run.finalize_at(key, taus, lam)
+                break
+            except PassNeeded as needed:
+                if attempt:
+                    raise
+                statistics_pass(f"{needed.label} (needed by {key})")
+        if tuple(result.shape) != layout.shapes[key]:
+            raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(result.shape)}")
+        return taus, result
+
+    for key in _bar(layout.keys, final_label, progress):
+        if not linear:
+            yield key, _nonlinear_result(request, key, finalized)
+            continue
+        taus, at_one = finalized(key)
+        if weave is None:
+            yield key, lam * at_one
+        else:
+            yield key, weave_tensor(
+                weave.pooling,
+                taus,
+                at_one,
+                lambdas,
+                pool_over=weave.pool_over,
+                seed=request.seed,
+                key=key,
+                materialize=weave.materialize,
+            )
+
+
+def _nonlinear_result(
+    request: MergeRequest, key: str, finalized: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """A method not linear in lam: its merge at `request.lam`, or Algorithm 1 with one merge per lam."""
+    weave = request.weave
+    if weave is None:
+        return finalized(key, request.lam)[1]
+    merges = [finalized(key, lam) for lam in weave.lambdas]
+    taus = merges[0][0]
+    scaled = torch.stack([result for _, result in merges])
+    members = torch.cat([taus, scaled]) if weave.pool_over == "all" else scaled
+    return pool_members(weave.pooling, members, seed=request.seed, key=key)
+
+
+def stream_taus(
+    taus: Sequence[StateDictSource], request: MergeRequest, *, progress: bool = False,
+    merged: StateDictSource | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The core over task vectors read from `taus` (checked alike): `(key, result)` in the compute dtype."""
+    stack = SourceStack(float_layout(taus[0], len(taus)), taus)
+    return stream_task_vectors(stack, request, progress, merged=merged)
+
+
+# ---------------------------------------------------------------------------- over checkpoints
+
+
+def stream_request(
+    pretrained: StateDictSource,
+    finetuned: Sequence[StateDictSource],
+    request: MergeRequest,
+    *,
+    progress: bool = False,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The model of a validated `request`, yielded key by key as `(key, theta_pre + result)`.
+
+    Checks the sources' key sets, shapes and dtypes before anything is read, then yields every
+    key of `pretrained` in sorted order (non-float keys: pretrained's tensor, float keys in
+    pretrained's dtype). NaN/inf raises `InputError` naming the source and key when reached.
+    Nothing is read until the first item is requested.
+    """
+    if not isinstance(request, MergeRequest) or request.method is None:
+        raise ParamError("stream_request needs a MergeRequest with a method (see validate_request)")
+    if not isinstance(pretrained, StateDictSource):
+        raise InputError(f"pretrained: expected a state-dict source, got {type(pretrained).__name__}")
+    finetuned = check_sources(finetuned, "fine-tuned source")
+    check_same_layout(pretrained, finetuned)
+    layout = float_layout(pretrained, len(finetuned))
+    stack = DifferenceStack(layout, pretrained, finetuned)
+    return _with_pretrained(pretrained, stack, stream_task_vectors(stack, request, progress))
+
+
+def stream_merge(
+    pretrained: StateDictSource,
+    finetuned: Sequence[StateDictSource],
+    method: str,
+    *,
+    lam: float | None = None,
+    lambdas: Sequence[float] | None = None,
+    pooling: str | None = None,
+    pool_over: str = "all",
+    seed: int = 0,
+    materialize: bool = False,
+    progress: bool = False,
+    method_seed: int | None = None,
+    **hparams: object,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Merged (`lam`) or woven (`lambdas` + `pooling`) model, yielded key by key.
+
+    Validates method, hparams, pooling, pool_over, lambdas (`validate_request`) and the
+    sources' key sets, shapes and dtypes before anything is read, then yields
+    `(key, theta_pre + result)` for every key of `pretrained` in sorted order (non-float
+    keys: pretrained's tensor). `seed` is the pooling seed and DARE's seed unless
+    `method_seed` is given (ignored by methods without a seed); `materialize` (Algorithm 1
+    as written) only concerns weaving. NaN/inf raises `InputError` naming the source and key
+    when reached. Nothing is read until the first item is requested.
+    """
+    request = validate_request(
+        method, lam=lam, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
+        materialize=materialize, method_seed=method_seed, hparams=hparams,
+    )
+    return stream_request(pretrained, finetuned, request, progress=progress)
+
+
+def _with_pretrained(
+    pretrained: StateDictSource, stack: DifferenceStack, results: Iterator[tuple[str, torch.Tensor]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    float_keys = set(stack.layout.keys)
+    for key in sorted(pretrained.keys()):
+        if key not in float_keys:
+            yield key, pretrained.load(key)
+            continue
+        result_key, result = next(results)
+        assert result_key == key, (result_key, key)
+        yield key, (stack.base(key) + result).to(pretrained.spec(key)[1])
+    for result_key, _ in results:  # runs the core to its end, which closes its progress bar
+        raise AssertionError(f"unexpected merged key {result_key!r}")
