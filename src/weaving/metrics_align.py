@@ -15,7 +15,7 @@ naming the file and the key. Torch-free.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -70,6 +70,8 @@ class MergeRecord(_Record):
 
 
 class SubsetRecord(_Record):
+    """One subset of the trained models, merged by every merger."""
+
     size: Count
     models: list[Count] = Field(min_length=2, description="indices of the merged models")
     endpoint_mean: Score = Field(description="the mean of the merged models' own scores")
@@ -88,6 +90,8 @@ class MergeSummary(_Record):
 
 
 class SizeSummary(_Record):
+    """The subsets of one size: the endpoints' and each merger's means."""
+
     size: Count
     subsets: Count
     endpoint_mean: Score
@@ -95,6 +99,8 @@ class SizeSummary(_Record):
 
 
 class PathCurve(_Record):
+    """Test loss and accuracy at every lambda of the path, and the loss barrier."""
+
     loss: list[Number]
     accuracy: list[Accuracy]
     loss_barrier: Number = Field(description="max over lambda of loss(l) - ((1 - l) loss(0) + l loss(1))")
@@ -123,6 +129,8 @@ class ModelLayout(_AlignRecord):
 
 
 class TrainRecipe(_Record):
+    """The training recipe of every model (`weaving.align.models.TrainConfig`)."""
+
     epochs: Count
     batch_size: Count
     lr: Number = Field(gt=0)
@@ -130,6 +138,8 @@ class TrainRecipe(_Record):
 
 
 class Normalisation(_Record):
+    """The scalar mean and standard deviation of the training images (in [0, 1]) the inputs are normalised by."""
+
     mean: Number
     std: Number = Field(gt=0)
 
@@ -144,7 +154,7 @@ class AlignMetrics(_AlignRecord):
     arch: Literal["mlp", "resnet"]
     model: ModelLayout
     groups: dict[str, Count] = Field(description="permutation group -> units")
-    num_models: Count = Field(ge=2)
+    num_models: Annotated[int, Field(strict=True, ge=2, description="N, the models trained")]
     seed: int
     repair: bool = Field(description="REPAIR ran on every merge (the ResNet)")
     repair_samples: Count
