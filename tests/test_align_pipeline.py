@@ -343,3 +343,30 @@ def test_the_section_is_registered_and_a_misnamed_or_bad_file_stops_it(tmp_path:
     (tmp_path / "align" / "fashion_mnist-mlp.json").write_text("{}")
     with pytest.raises(MetricsFileError, match="missing key"):
         load_sections(["align"], tmp_path, ["tiny-clip"])
+
+
+# --- the align stage's inputs --------------------------------------------------------------------------------------
+
+def _load_stage(name: str, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "stages"))
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_align_stage_refuses_models_trained_with_other_params(tmp_path: Path, monkeypatch) -> None:
+    from weaving.errors import InputError
+
+    stage = _load_stage("align", monkeypatch)
+    params = load_params(ROOT / "profiles/smoke.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"models/align/mnist-mlp/train\.json: missing; run the align_train stage"):
+        stage.load_trained(params, "mnist", "mlp")
+    manifest = tmp_path / "models/align/mnist-mlp/train.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"dataset": "mnist", "arch": "mlp", "num_models": 5, "seed": 0}))
+    with pytest.raises(InputError, match=r"train\.json: num_models = 5 differ from params \(num_models = 3\)"):
+        stage.load_trained(params, "mnist", "mlp")
