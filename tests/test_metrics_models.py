@@ -31,6 +31,7 @@ from weaving.metrics import (
     ZeroshotMetrics,
     contract_markdown,
 )
+from weaving.metrics_align import AlignMetrics
 from weaving.metrics_tsv import CompressMetrics, MassMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,8 @@ FAMILY_FILES: dict[str, dict[str, type]] = {
     "tsv": {"compress.json": CompressMetrics, "mass.json": MassMetrics},
 }
 """The algorithm families' files, `metrics/<model>/<family>/<file>`, and their models (weaving.metrics_<family>)."""
+RUN_FAMILY_FILES: dict[str, type] = {"align": AlignMetrics}
+"""The families whose files are not per CLIP model, `metrics/<family>/<run>.json`, and their models."""
 
 
 def model_for(relative: Path) -> type:
@@ -47,6 +50,8 @@ def model_for(relative: Path) -> type:
     top = {"reference.json": ReferenceMetrics, "similarity.json": SimilarityMetrics,
            "zeroshot.json": ZeroshotMetrics, "pretrain.json": PretrainMetrics}
     folders = {"finetune": FinetuneMetrics, "sequential": SequentialMetrics, "weave": WeaveMetrics}
+    if relative.parts[0] in RUN_FAMILY_FILES:
+        return RUN_FAMILY_FILES[relative.parts[0]]
     parts = relative.parts[1:]  # drop <model>
     if parts[0] in FAMILY_FILES:
         return FAMILY_FILES[parts[0]][parts[-1]]
@@ -62,7 +67,7 @@ def as_written(data) -> bytes:
 
 def test_the_committed_run_has_every_kind_of_file() -> None:
     kinds = {model_for(p.relative_to(COMMITTED)) for p in COMMITTED_FILES}
-    family_kinds = {model for files in FAMILY_FILES.values() for model in files.values()}
+    family_kinds = {model for files in FAMILY_FILES.values() for model in files.values()} | set(RUN_FAMILY_FILES.values())
     assert set(METRICS_FILES) <= kinds <= set(METRICS_FILES) | family_kinds
 
 

@@ -33,6 +33,8 @@ def expected_stages(params: dict) -> set[str]:
         stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
         stages |= {f"weave@{m}-{setup}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
         stages |= {f"compress@{m}", f"mass@{m}"}  # Task Singular Vectors (docs/tsv.md)
+    c2m3 = params["c2m3"]  # C2M3 (docs/align.md): per dataset and architecture, not per CLIP model
+    stages |= {f"{s}@{d}-{a}" for s in ("align_train", "align") for d in c2m3["datasets"] for a in c2m3["archs"]}
     return stages
 
 
@@ -81,3 +83,13 @@ def test_vit_b_32_finetune_runs_on_cpu_and_resumes_after_a_kill(tmp_path: Path) 
     pretrained = model.visual.state_dict()
     assert any(not torch.equal(resumed[k], pretrained[k]) for k in resumed)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_paper_profile_aligns_resnet20_at_4x_width_on_cifar100() -> None:
+    """C2M3's paper settings the dataset registry has (docs/align.md, "Pipeline"): ResNet20 (3 stages of 3
+    blocks) at 4x width and the reference's MLP, 5 models, subsets of 2, 3 and 5."""
+    c2m3 = PAPER["c2m3"]
+    assert "cifar100" in c2m3["datasets"] and set(c2m3["datasets"]) <= set(PAPER["datasets"])
+    assert c2m3["resnet"]["width"] == [64, 128, 256] and c2m3["resnet"]["blocks_per_stage"] == 3
+    assert c2m3["mlp"]["width"] == [512, 512, 512, 256]
+    assert c2m3["num_models"] == 5 and c2m3["subset_sizes"] == [2, 3, 5]

@@ -287,3 +287,79 @@ def test_changing_the_mass_threshold_invalidates_only_mass(repo: Path) -> None:
         assert stages_to_run(repo) - stale == {"params", "mass@tiny-clip"} - stale
     finally:
         params_path.write_text(original)
+
+
+# --- C2M3: the align_train and align stages (docs/align.md, "Pipeline") --------------------------------------------
+
+def test_align_stages_write_the_models_and_metrics(repo: Path) -> None:
+    """Every run of the smoke grid: N model files, and a metrics file whose endpoint accuracy of model 0 is what
+    the file's own model computes on the prepared test images (normalised here from train.json's numbers), with
+    every subset size and C2M3's cycle error exactly 0."""
+    import numpy as np
+
+    from weaving.align.models import build_model
+    from weaving.io import load_state_dict
+    from weaving.metrics_align import AlignMetrics
+
+    c2m3 = yaml.safe_load((repo / "params.yaml").read_text())["c2m3"]
+    for dataset in c2m3["datasets"]:
+        test = np.load(repo / f"data/prepared/{dataset}/test.npz")
+        for arch in c2m3["archs"]:
+            folder = repo / f"models/align/{dataset}-{arch}"
+            assert sorted(p.name for p in folder.glob("*.safetensors")) == [
+                f"model_{i}.safetensors" for i in range(c2m3["num_models"])]
+            record = json.loads((folder / "train.json").read_text())
+            metrics = AlignMetrics.read(repo / f"metrics/align/{dataset}-{arch}.json")
+            assert [s.size for s in metrics.summary] == c2m3["subset_sizes"]
+            assert metrics.repair == (arch == "resnet") and metrics.test_images == len(test["labels"])
+            model = build_model(arch, seed=0, **record["model_kwargs"])
+            model.load_state_dict(load_state_dict(folder / "model_0.safetensors"))
+            mean, std = record["normalisation"]["mean"], record["normalisation"]["std"]
+            x = (torch.from_numpy(test["images"]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            with torch.no_grad():
+                correct = (model.eval()(x).argmax(1).numpy() == test["labels"]).sum()
+            assert metrics.endpoints[0].accuracy == pytest.approx(100.0 * correct / len(x), abs=1e-9)
+            big = [s for s in metrics.subsets if s.size >= 3]
+            assert big and all(s.mergers["c2m3"].cycle_error.max == 0.0 for s in big)
+
+
+def test_report_has_the_c2m3_claims_tables_and_figures(repo: Path) -> None:
+    from weaving.metrics_align import AlignMetrics
+
+    claims = {c["id"]: c for c in json.loads((repo / "reports/claims.json").read_text())["claims"]}
+    assert {"c2m3_order", "c2m3_cycle", "c2m3_repair"} <= set(claims)
+    assert claims["c2m3_cycle"]["numbers"]["c2m3"] == 0.0
+    assert set(claims["c2m3_cycle"]["numbers"]) == {"c2m3", "mergemany", "pairwise"}
+    c2m3 = yaml.safe_load((repo / "params.yaml").read_text())["c2m3"]
+    runs = [f"{d}-{a}" for d in c2m3["datasets"] for a in c2m3["archs"]]
+    cases = claims["c2m3_order"]["numbers"]["cases"]
+    assert {(c["run"], c["size"]) for c in cases} == {(r, n) for r in runs for n in c2m3["subset_sizes"] if n >= 3}
+    for case in cases:
+        entry = AlignMetrics.read(repo / f"metrics/align/{case['run']}.json").size_summary(case["size"])
+        assert case["c2m3"] == pytest.approx(entry.mergers["c2m3"].accuracy, abs=1e-3)  # claims.json: 4 decimals
+        assert case["naive"] == pytest.approx(entry.mergers["naive"].accuracy, abs=1e-3)
+    for name in [*(f"align_{r}" for r in runs), "align_cycle_errors", "align_barrier", "align_cost"]:
+        assert (repo / f"reports/tables/{name}.md").is_file()
+    for name in ("align_accuracy_vs_n", "align_barrier"):
+        assert (repo / f"reports/figures/{name}.png").is_file()
+
+
+def test_changing_c2m3_merge_params_keeps_the_trained_models(repo: Path) -> None:
+    """fw_max_iter invalidates the align stages only; an MLP recipe change also its training, not the ResNet's."""
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    stale = stages_to_run(repo)
+    c2m3 = yaml.safe_load(original)["c2m3"]
+    runs = [f"{d}-{a}" for d in c2m3["datasets"] for a in c2m3["archs"]]
+    try:
+        params = yaml.safe_load(original)
+        params["c2m3"]["fw_max_iter"] += 1
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stages_to_run(repo) - stale == {"params", *(f"align@{r}" for r in runs)} - stale
+        params["c2m3"]["mlp"]["train"]["epochs"] += 1
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        mlp = {r for r in runs if r.endswith("-mlp")}
+        assert stages_to_run(repo) - stale == ({"params", *(f"align@{r}" for r in runs),
+                                                *(f"align_train@{r}" for r in mlp)} - stale)
+    finally:
+        params_path.write_text(original)

@@ -652,3 +652,43 @@ def contract_markdown() -> str:
         out += ["", f"### `{model.__name__}` (inside the files above)", "", _doc(model), "", *_fields_table(model)]
     return "\n".join(out) + "\n"
 
+
+
+# --- the algorithm families' metrics files -------------------------------------------------------------------------
+# A family's models live in `weaving.metrics_<family>`, which imports the types above, so they cannot sit in
+# METRICS_FILES without an import cycle: they are registered here by module and model name, imported on use.
+
+FAMILY_METRICS_FILES: dict[str, tuple[str, ...]] = {}
+"""`weaving.metrics_<family>` -> the names of its file models (`family_metrics_files()` imports them)."""
+FAMILY_METRICS_FILES["weaving.metrics_align"] = ("AlignMetrics",)  # C2M3 (issue 13)
+
+
+def family_metrics_files() -> tuple[type[MetricsFile], ...]:
+    """The registered families' file models, in registration order."""
+    import importlib
+
+    return tuple(getattr(importlib.import_module(module), name)
+                 for module, names in FAMILY_METRICS_FILES.items() for name in names)
+
+
+def family_contract_markdown() -> str:
+    """The families' part of the "Metrics" section of `docs/contracts.md`: each registered file model and the
+    records nested in it (a test keeps docs/contracts.md equal)."""
+    out = ["The algorithm families' metrics files (`weaving.metrics_<family>`, registered in",
+           "`weaving.metrics.FAMILY_METRICS_FILES`), read and checked the same way."]
+    for model in family_metrics_files():
+        stage, script = model.writer
+        out += ["", f"### `{model.__name__}`: `{model.layout}`", "",
+                f"Written by the stage `{stage}` (`{script}`). {_doc(model)}", "", *_fields_table(model)]
+        nested, todo = [], [model]
+        while todo:
+            for field in todo.pop(0).model_fields.values():
+                for candidate in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                    for inner in (candidate, *getattr(candidate, "__args__", ())):
+                        if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in nested \
+                                and inner is not model:
+                            nested.append(inner)
+                            todo.append(inner)
+        for inner in nested:
+            out += ["", f"#### `{inner.__name__}` (inside `{model.__name__}`)", "", _doc(inner), "", *_fields_table(inner)]
+    return "\n".join(out) + "\n"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
 from weaving.errors import ParamError
+from weaving_pipeline.params_c2m3 import C2m3Params, check_c2m3  # C2M3 alignment (issue 13)
 from weaving_pipeline.params_tsv import CompressParams, MassParams
 
 SETUPS = SETUP_ENTRIES.keys()
@@ -186,6 +187,7 @@ class Params(_Strict):
     weave: WeaveParams
     compress: CompressParams
     mass: MassParams
+    c2m3: C2m3Params = Field(description="the C2M3 alignment branch (stages align_train, align)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -204,6 +206,7 @@ class Params(_Strict):
         _require_subset("weave.artifact.pool_over", [self.weave.artifact.pool_over], "weave.pool_over",
                         self.weave.pool_over)
         self._check_registries()
+        check_c2m3(self.c2m3, self.datasets)
         return self
 
     def _check_registries(self) -> None:

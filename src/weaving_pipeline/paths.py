@@ -87,3 +87,21 @@ def compressed(model: str, task: str | None = None) -> Path:
 def tsv_metrics(model: str, name: str) -> Path:
     """`metrics/<model>/tsv/<name>.json` (`compress`, `mass`)."""
     return metrics(model, "tsv", f"{name}.json")
+
+
+# --- C2M3 alignment (stages align_train and align; docs/align.md, "Pipeline") ---
+
+def align_run(dataset: str, arch: str) -> str:
+    """`<dataset>-<arch>`: one run of the alignment branch (the stages' matrix item)."""
+    return f"{dataset}-{arch}"
+
+
+def align_models(dataset: str, arch: str, index: int | None = None) -> Path:
+    """`models/align/<dataset>-<arch>/[model_<i>.safetensors]`: the N trained models (and `train.json`)."""
+    folder = Path("models/align") / align_run(dataset, arch)
+    return folder if index is None else folder / f"model_{index}.safetensors"
+
+
+def align_metrics(dataset: str, arch: str) -> Path:
+    """`metrics/align/<dataset>-<arch>.json`: the merges of one run."""
+    return Path("metrics/align") / f"{align_run(dataset, arch)}.json"
