@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
 from weaving.errors import ParamError
+from weaving_pipeline.params_merge3 import Merge3Params, check_merge3  # MERGE3 (docs/search.md)
 from weaving_pipeline.params_tsv import CompressParams, MassParams
 
 SETUPS = SETUP_ENTRIES.keys()
@@ -186,6 +187,7 @@ class Params(_Strict):
     weave: WeaveParams
     compress: CompressParams
     mass: MassParams
+    merge3: Merge3Params  # MERGE3 (docs/search.md, "Pipeline")
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -204,6 +206,7 @@ class Params(_Strict):
         _require_subset("weave.artifact.pool_over", [self.weave.artifact.pool_over], "weave.pool_over",
                         self.weave.pool_over)
         self._check_registries()
+        check_merge3(self.merge3, len(self.suite.mtl), self.data.limits.model_dump())  # MERGE3
         return self
 
     def _check_registries(self) -> None:
