@@ -87,3 +87,10 @@ def compressed(model: str, task: str | None = None) -> Path:
 def tsv_metrics(model: str, name: str) -> Path:
     """`metrics/<model>/tsv/<name>.json` (`compress`, `mass`)."""
     return metrics(model, "tsv", f"{name}.json")
+
+
+# --- MERGE3: evolutionary merging with IRT-estimated fitness (stage merge3; docs/search.md, "Pipeline") ---
+
+def search_metrics(model: str, name: str) -> Path:
+    """`metrics/<model>/search/<name>.json` (`merge3`)."""
+    return metrics(model, "search", f"{name}.json")
