@@ -22,6 +22,7 @@ from weaving.report.tables import Table
 
 SECTIONS: dict[str, str] = {
     "tsv": "tsv",
+    "search": "search",  # MERGE3 (docs/search.md, "Pipeline")
 }
 """Section name -> module under `weaving.report` that defines `section(metrics_dir, models)`."""
 
