@@ -31,6 +31,7 @@ from weaving.metrics import (
     ZeroshotMetrics,
     contract_markdown,
 )
+from weaving.metrics_search import Merge3Metrics  # MERGE3
 from weaving.metrics_tsv import CompressMetrics, MassMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ COMMITTED = ROOT / "metrics"
 COMMITTED_FILES = sorted(COMMITTED.rglob("*.json"))
 FAMILY_FILES: dict[str, dict[str, type]] = {
     "tsv": {"compress.json": CompressMetrics, "mass.json": MassMetrics},
+    "search": {"merge3.json": Merge3Metrics},  # MERGE3
 }
 """The algorithm families' files, `metrics/<model>/<family>/<file>`, and their models (weaving.metrics_<family>)."""
 

@@ -33,6 +33,7 @@ def expected_stages(params: dict) -> set[str]:
         stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
         stages |= {f"weave@{m}-{setup}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
         stages |= {f"compress@{m}", f"mass@{m}"}  # Task Singular Vectors (docs/tsv.md)
+        stages |= {f"merge3@{m}"}  # MERGE3 (docs/search.md)
     return stages
 
 
