@@ -336,7 +336,8 @@ def test_section_tables_figure_and_claim_numbers(tmp_path: Path) -> None:
     assert rows["task_arithmetic:gmp_irt"][1:4] == [GMP[t] for t in TASKS]
     assert rows["task_arithmetic:gmp_irt"][gap] == pytest.approx(0.5)
     assert rows["task_arithmetic:gmp_irt"][table.keys.index("cost_ratio")] == 25.0
-    assert rows["task_arithmetic:full"][table.keys.index("item_evaluations")] == 30 * 300
+    assert rows["task_arithmetic:full"][table.keys.index("item_evaluations")] == str(30 * 300)
+    assert rows["task_arithmetic:gmp_irt"][table.keys.index("best_fitness")] == 60.0
     assert rows["ta_oracle"][mean] == pytest.approx(fmean([63.0, 53.0, 38.0]))     # lam 0.5 on test
     assert "lam = 0.5" in rows["ta_oracle"][0].text
     assert rows["weight_weaving"][mean] == pytest.approx(fmean([61.0, 51.0, 36.0]))
@@ -426,3 +427,14 @@ def test_the_section_is_registered_and_a_bad_file_stops_it(tmp_path: Path) -> No
     data["searches"]["task_arithmetic"]["full"]["final"]["test_mean"] = "high"
     with pytest.raises(MetricsFileError, match="merge3.json"):
         load_sections(["search"], write_run(tmp_path, data), ["tiny-clip"])
+
+
+def test_a_missed_gap_is_stated_with_its_size_and_the_estimates_overshoot(tmp_path: Path) -> None:
+    from weaving.report.search import section
+
+    gmp = {"mnist": 77.0, "optdigits": 70.0, "textures": 39.0}                   # gap 1.33
+    result = section(write_run(tmp_path, merge3_data(gmp=gmp)), ["tiny-clip"])
+    gap = fmean(FULL.values()) - fmean(gmp.values())
+    line = next(line for line in result.text if line.startswith("tiny-clip"))
+    assert f"gap {gap:+.2f} points (target <= 1: missed by {gap - 1:.2f})" in line
+    assert "scored 60.00 by the estimate but 63.00% on all validation items" in line  # val = test + 1 here
