@@ -324,8 +324,8 @@ def test_report_has_the_merge3_claims_tables_and_figure(repo: Path) -> None:
     claims = {c["id"]: c for c in json.loads((repo / "reports/claims.json").read_text())["claims"]}
     head = Merge3Metrics.read(repo / "metrics/tiny-clip/search/merge3.json").headline
     cost = claims["merge3_cost"]["numbers"]
-    assert cost["cost_ratio"] == pytest.approx(head.cost_ratio)
-    assert cost["final_gap_pp"] == pytest.approx(head.full_test_mean - head.reported_test_mean)
+    assert cost["cost_ratio"] == pytest.approx(head.cost_ratio, abs=1e-3)  # claims.json rounds to 4 decimals
+    assert cost["final_gap_pp"] == pytest.approx(head.full_test_mean - head.reported_test_mean, abs=1e-3)
     assert claims["merge3_cost"]["verdict"] in ("holds", "mixed", "does not hold")
     assert {"merge3_quality", "merge3_estimator"} <= set(claims)
     for name in ("merge3_tiny-clip", "merge3_estimators_tiny-clip", "merge3_items_tiny-clip"):
