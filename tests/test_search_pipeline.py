@@ -438,3 +438,10 @@ def test_a_missed_gap_is_stated_with_its_size_and_the_estimates_overshoot(tmp_pa
     line = next(line for line in result.text if line.startswith("tiny-clip"))
     assert f"gap {gap:+.2f} points (target <= 1: missed by {gap - 1:.2f})" in line
     assert "scored 60.00 by the estimate but 63.00% on all validation items" in line  # val = test + 1 here
+
+
+def test_docs_state_the_merge3_metrics_model_as_generated() -> None:
+    from weaving.metrics_search import contract_markdown
+
+    docs = (ROOT / "docs" / "contracts.md").read_text()
+    assert contract_markdown() in docs, "regenerate docs/contracts.md's MERGE3 part: weaving.metrics_search.contract_markdown()"

@@ -43,24 +43,24 @@ class Merge3Items(_Record):
     seed: int = Field(description="seed of the slice")
     per_task: dict[str, Count] = Field(description="items per task")
     total: Count = Field(description="items over all tasks (N)")
-    anchors_per_task: Count
+    anchors_per_task: Count = Field(description="anchors per task (n_t)")
     anchors_total: Count = Field(description="anchor items over all tasks (n)")
     anchors: dict[str, list[Count]] = Field(description="each task's anchors, as positions among its items")
 
 
 class Merge3Config(_Record):
-    methods: list[Name] = Field(min_length=1)
-    fitness_kinds: list[Name] = Field(min_length=1)
+    methods: list[Name] = Field(min_length=1, description="searched merge methods")
+    fitness_kinds: list[Name] = Field(min_length=1, description="searched fitness kinds, one search each")
     reported: Name = Field(description="the estimated kind whose search the headline compares with full")
     population_size: Count = Field(description="random merges in the response population")
-    irt_dims: Count
-    search_population: Count
+    irt_dims: Count = Field(description="dimensions of the 2PL model")
+    search_population: Count = Field(description="GA (or NSGA-II) population")
     generations: Count = Field(description="generations, the initial one included")
-    algorithm: Name
+    algorithm: Name = Field(description="`ga` or `nsga2`")
     coefficient_grid: list[Number] = Field(min_length=3, max_length=3, description="[low, high, step]")
     density_grid: list[Number] = Field(min_length=3, max_length=3, description="[low, high, step]")
-    seed: int
-    audit: bool
+    seed: int = Field(description="the seed every random choice derives from")
+    audit: bool = Field(description="whether the estimated searches' candidates were also evaluated on all items")
 
 
 class Merge3Population(_Record):
@@ -75,8 +75,8 @@ class Merge3Population(_Record):
 
 class Merge3IRT(_Record):
     dims: Count
-    subjects: Count
-    iterations: Count
+    subjects: Count = Field(description="pretrained, fine-tuned endpoints, random merges")
+    iterations: Count = Field(description="L-BFGS iterations of the MAP fit")
     negative_log_posterior: Number
     subject_accuracy_mae_pp: Number = Field(description="mean |observed - predicted| accuracy of the subjects, points")
     seconds: Seconds
@@ -111,20 +111,20 @@ class SearchRecord(_SearchRecord):
     """One search: the best genome by its fitness (full-data or estimated), the trace, its cost, its final merge."""
 
     method: Name
-    kind: Name
+    kind: Name = Field(description="`full`, `anchors`, `mp_irt` or `gmp_irt`")
     algorithm: Name
-    best_levels: list[Count]
-    best_genome: Genome
+    best_levels: list[Count] = Field(description="the best genome's grid levels")
+    best_genome: Genome = Field(description="per task its coefficient (and density for TIES, DARE)")
     best_fitness: Number = Field(description="the best genome's fitness (mean over tasks, % or estimated %)")
     best_fitness_per_task: dict[str, Number]
-    trace: list[Generation] = Field(min_length=1)
-    fitness_calls: Count
+    trace: list[Generation] = Field(min_length=1, description="one record per generation")
+    fitness_calls: Count = Field(description="fitness calls of the GA (a genome met again is not re-evaluated)")
     distinct_candidates: Count
-    items_per_candidate: Count
+    items_per_candidate: Count = Field(description="all items for `full`, the anchors otherwise")
     item_evaluations: Count = Field(description="distinct_candidates x items_per_candidate")
     items_forwarded: Count = Field(description="images forward-passed by the search (audit ones included)")
     seconds: Seconds
-    final: FinalAccuracy
+    final: FinalAccuracy = Field(description="the best genome's merge on all items and on the test sets")
 
 
 class EstimatorError(_Record):
@@ -160,21 +160,21 @@ class Merge3Metrics(_SearchRecord):
     layout: ClassVar[str] = "metrics/<model>/search/merge3.json"
     writer: ClassVar[tuple[str, str]] = ("merge3@<model>", "stages/merge3.py")
 
-    model: Name
-    tasks: list[Name] = Field(min_length=1)
-    items: Merge3Items
-    config: Merge3Config
-    population: Merge3Population
-    irt: Merge3IRT
+    model: Name = Field(description="the model (params `models`)")
+    tasks: list[Name] = Field(min_length=1, description="the multi-task suite (params `suite.mtl`), in order")
+    items: Merge3Items = Field(description="the validation items and anchors")
+    config: Merge3Config = Field(description="the search's settings (params `merge3`)")
+    population: Merge3Population = Field(description="the IRT response population")
+    irt: Merge3IRT = Field(description="the 2PL fit on the population's responses")
     cost_ratio: dict[str, Number] = Field(description="kind -> items per candidate, full / this kind")
     searches: dict[str, dict[str, SearchRecord]] = Field(description="method -> kind -> search")
     estimator_errors: dict[str, dict[str, EstimatorError]] = Field(
         description="method -> estimator -> errors on the full-data search's candidates (empty without it)")
     audit_errors: dict[str, dict[str, EstimatorError]] | None = Field(
         default=None, description="method -> estimator -> errors on its own search's candidates (audit only)")
-    baselines: Baselines
-    headline: Merge3Headline
-    seconds: Seconds
+    baselines: Baselines = Field(description="Task Arithmetic with one lam, on the same items and test data")
+    headline: Merge3Headline = Field(description="what the report's claims test, for the first method")
+    seconds: Seconds = Field(description="the whole stage's wall time")
 
     @model_validator(mode="after")
     def _consistent(self) -> Merge3Metrics:
@@ -329,3 +329,19 @@ def merge3_metrics(model: str, result: Mapping[str, Any], *, split: str, items_s
         "seconds": seconds,
     }
     return Merge3Metrics.model_validate(data)
+
+
+def contract_markdown() -> str:
+    """The MERGE3 part of `docs/contracts.md` ("Metrics of the algorithm families"), rendered from the models
+    as `weaving.metrics.contract_markdown` renders the core files (a test keeps the two equal)."""
+    from weaving.metrics import _doc, _fields_table
+
+    stage, script = Merge3Metrics.writer
+    out = [f"### `Merge3Metrics`: `{Merge3Metrics.layout}`", "",
+           f"Written by the stage `{stage}` (`{script}`; `src/weaving/metrics_search.py`). {_doc(Merge3Metrics)}", "",
+           *_fields_table(Merge3Metrics)]
+    nested = (Merge3Items, Merge3Config, Merge3Population, Merge3IRT, SearchRecord, Genome, Generation,
+              FinalAccuracy, EstimatorError, Baselines, Merge3Headline)
+    for model in nested:
+        out += ["", f"#### `{model.__name__}` (inside `Merge3Metrics`)", "", _doc(model), "", *_fields_table(model)]
+    return "\n".join(out) + "\n"
