@@ -206,13 +206,15 @@ def figure_fitness(merge3: dict[str, Merge3Metrics]) -> bytes:
                 for kind, record in by_kind.items():
                     xs = [g.generation for g in record.trace]
                     ys = [g.best_so_far for g in record.trace]
-                    ax.plot(xs, ys, marker="o", markersize=3, color=colours.get(kind, OKABE_ITO["purple"]),
-                            linestyle=styles[m % len(styles)],
+                    colour = colours.get(kind, OKABE_ITO["purple"])
+                    ax.plot(xs, ys, marker="o", markersize=3, color=colour, linestyle=styles[m % len(styles)],
                             label=f"{KIND_NAMES.get(kind, kind)}" + (f" ({method})" if len(metrics.searches) > 1 else ""))
-            ax.set_xlabel("generation")
-            ax.set_ylabel("best fitness so far (%, estimated for the estimators)")
+                    ax.plot([xs[-1] + 0.35], [record.final.val_mean], marker="D", markersize=6, color=colour,
+                            markerfacecolor="none", linestyle="none")
+            ax.set_xlabel("generation (diamonds: the best merge on all items)")
+            ax.set_ylabel("best fitness so far (%)")
             ax.set_title(model)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         return png_bytes(fig)
 
@@ -352,7 +354,7 @@ def section(metrics_dir: Path, models: list[str]) -> Section:
         result.captions["merge3_fitness_over_generations.png"] = (
             "MERGE3: best fitness found so far against the generation (the first one is the random initial "
             "population), one line per search; full-data fitness is the mean validation accuracy over tasks, the "
-            "others are its estimates from the anchors (the figure shows what each search optimised, not test "
-            "accuracy).")
+            "others are its estimates from the anchors (what each search optimised, not test accuracy); the hollow "
+            "diamonds give each search's best merge on all the validation items.")
     result.claims = [claim_cost(merge3), claim_quality(merge3, weave), claim_estimator(merge3)]
     return result
