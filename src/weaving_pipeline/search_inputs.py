@@ -105,7 +105,12 @@ def task_arithmetic_baselines(evaluator, decoder, tasks: tuple[str, ...], test: 
             out.update(test_accuracy=test_accuracy, test_mean=float(np.mean(list(test_accuracy.values()))))
         return out
 
-    val_means = [measure(lam, False)["val_mean"] for lam in lambdas]
+    import sys
+
+    from tqdm import tqdm
+
+    val_means = [measure(lam, False)["val_mean"]
+                 for lam in tqdm(lambdas, desc="Task Arithmetic, one lam", unit="lam", file=sys.stderr)]
     best = int(np.argmax(val_means))  # the first of ties
     return {
         "recommended_lam": recommended_lam,
