@@ -445,3 +445,55 @@ def test_docs_state_the_merge3_metrics_model_as_generated() -> None:
 
     docs = (ROOT / "docs" / "contracts.md").read_text()
     assert contract_markdown() in docs, "regenerate docs/contracts.md's MERGE3 part: weaving.metrics_search.contract_markdown()"
+
+
+def test_the_single_lam_baselines_pick_the_best_lam_on_the_items() -> None:
+    """A linear encoder at theta_pre = 0 answers class 0 (a small bias); its task vectors make it answer the
+    label's class, so every lam > 0 gets all items right. Each lam's accuracy is recomputed here with plain
+    torch from `theta_pre + lam * sum_t tau_t`."""
+    import torch
+
+    from weaving.search.evaluation import CandidateEvaluator
+    from weaving.search.genome import MergeDecoder
+    from weaving_pipeline.search_inputs import task_arithmetic_baselines
+
+    pretrained = {"weight": torch.zeros(2, 4)}
+    tasks = ("a", "b")
+    heads = {t: torch.eye(2) for t in tasks}
+
+    def data(n: int, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn(n, 1, 2, 2, generator=g)
+        labels = (images.reshape(n, 4)[:, 0] > images.reshape(n, 4)[:, 1]).long()
+        return {"images": images, "labels": labels}
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(2, 4))
+
+        def forward(self, x):
+            return x.reshape(len(x), 4) @ self.weight.T + 1e-3 * torch.tensor([1.0, 0.0])
+
+    encoder = Flat()
+    taus = {"a": {"weight": torch.tensor([[0.0, 1.0, 0, 0], [1.0, 0.0, 0, 0]])},
+            "b": {"weight": torch.tensor([[0.0, 0.5, 0, 0], [0.5, 0.0, 0, 0]])}}
+    val, test = {t: data(40, i) for i, t in enumerate(tasks)}, {t: data(60, 10 + i) for i, t in enumerate(tasks)}
+    evaluator = CandidateEvaluator(encoder, pretrained, heads, val, batch_size=16)
+    result = task_arithmetic_baselines(evaluator, MergeDecoder(taus), tasks, test, [0.0, 0.5, 1.0], 0.3)
+
+    def accuracy(lam: float, split: dict) -> float:
+        weight = lam * (taus["a"]["weight"] + taus["b"]["weight"])
+        per_task = []
+        for t in tasks:
+            features = split[t]["images"].reshape(-1, 4) @ weight.T + 1e-3 * torch.tensor([1.0, 0.0])
+            per_task.append(100.0 * float((features.argmax(-1) == split[t]["labels"]).double().mean()))
+        return sum(per_task) / len(per_task)
+
+    assert result["val_means"] == pytest.approx([accuracy(lam, val) for lam in (0.0, 0.5, 1.0)])
+    assert result["val_means"][0] < 100.0 == result["val_means"][1]
+    assert result["best_val_lam"] == 0.5                                   # the first of the tie with lam = 1
+    assert result["best_val"]["test_mean"] == pytest.approx(accuracy(0.5, test))
+    assert result["recommended_lam"] == 0.3
+    assert result["recommended"]["test_mean"] == pytest.approx(accuracy(0.3, test))
+    assert result["recommended"]["val_mean"] == pytest.approx(accuracy(0.3, val))
