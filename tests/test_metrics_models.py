@@ -32,6 +32,7 @@ from weaving.metrics import (
     contract_markdown,
 )
 from weaving.metrics_align import AlignMetrics
+from weaving.metrics_search import Merge3Metrics  # MERGE3
 from weaving.metrics_tsv import CompressMetrics, MassMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ COMMITTED = ROOT / "metrics"
 COMMITTED_FILES = sorted(COMMITTED.rglob("*.json"))
 FAMILY_FILES: dict[str, dict[str, type]] = {
     "tsv": {"compress.json": CompressMetrics, "mass.json": MassMetrics},
+    "search": {"merge3.json": Merge3Metrics},  # MERGE3
 }
 """The algorithm families' files, `metrics/<model>/<family>/<file>`, and their models (weaving.metrics_<family>)."""
 RUN_FAMILY_FILES: dict[str, type] = {"align": AlignMetrics}
@@ -365,6 +367,17 @@ def test_docs_state_the_models_as_generated() -> None:
     docs = (ROOT / "docs" / "contracts.md").read_text()
     assert contract_markdown() in docs, "regenerate the Metrics section: weaving.metrics.contract_markdown()"
     for model in METRICS_FILES:
+        assert f"### `{model.__name__}`: `{model.layout}`" in docs
+
+
+def test_docs_state_the_families_models_as_generated() -> None:
+    """Every family's metrics file model is registered and documented (TSV, C2M3, MERGE3)."""
+    from weaving.metrics import FAMILY_METRICS_FILES, family_contract_markdown, family_metrics_files
+
+    assert set(FAMILY_METRICS_FILES) == {"weaving.metrics_tsv", "weaving.metrics_align", "weaving.metrics_search"}
+    docs = (ROOT / "docs" / "contracts.md").read_text()
+    assert family_contract_markdown() in docs, "regenerate: weaving.metrics.family_contract_markdown()"
+    for model in family_metrics_files():
         assert f"### `{model.__name__}`: `{model.layout}`" in docs
 
 

@@ -33,6 +33,7 @@ def expected_stages(params: dict) -> set[str]:
         stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
         stages |= {f"weave@{m}-{setup}-{method}" for setup in ("mtl", "dg", "cl") for method in methods}
         stages |= {f"compress@{m}", f"mass@{m}"}  # Task Singular Vectors (docs/tsv.md)
+        stages |= {f"merge3@{m}"}  # MERGE3 (docs/search.md)
     c2m3 = params["c2m3"]  # C2M3 (docs/align.md): per dataset and architecture, not per CLIP model
     stages |= {f"{s}@{d}-{a}" for s in ("align_train", "align") for d in c2m3["datasets"] for a in c2m3["archs"]}
     return stages

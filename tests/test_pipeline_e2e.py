@@ -363,3 +363,60 @@ def test_changing_c2m3_merge_params_keeps_the_trained_models(repo: Path) -> None
                                                 *(f"align_train@{r}" for r in mlp)} - stale)
     finally:
         params_path.write_text(original)
+
+
+# --- MERGE3: the merge3 stage (docs/search.md, "Pipeline") ---------------------------------------------------------
+
+def test_merge3_stage_spends_the_stated_item_evaluations(repo: Path) -> None:
+    """The searches' costs against the params (items per candidate, cost ratio), every configured search present
+    with a trace per generation and a final test accuracy per task, and the stage's Task Arithmetic at the
+    recommended lam equal to the weave stage's (the same merge on the same test images, measured apart)."""
+    from weaving.metrics_search import Merge3Metrics
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    merge3, tasks = params["merge3"], params["suite"]["mtl"]
+    metrics = Merge3Metrics.read(repo / "metrics/tiny-clip/search/merge3.json")
+    assert metrics.tasks == tasks and metrics.items.split == merge3["items"]["split"]
+    assert metrics.items.per_task == {t: merge3["items"]["per_task"] for t in tasks}
+    total, anchors = len(tasks) * merge3["items"]["per_task"], len(tasks) * merge3["anchors_per_task"]
+    assert metrics.irt.subjects == 1 + len(tasks) + merge3["population_size"]
+    for method in merge3["methods"]:
+        assert list(metrics.searches[method]) == merge3["fitness"]
+        for kind, record in metrics.searches[method].items():
+            assert record.items_per_candidate == (total if kind == "full" else anchors)
+            assert record.item_evaluations == record.distinct_candidates * record.items_per_candidate
+            assert len(record.trace) == merge3["search"]["generations"]
+            assert set(record.final.test_accuracy) == set(tasks)
+            assert record.items_forwarded >= record.item_evaluations
+    assert metrics.headline.cost_ratio == pytest.approx(merge3["items"]["per_task"] / merge3["anchors_per_task"])
+    weave = json.loads((repo / "metrics/tiny-clip/weave/mtl/task_arithmetic.json").read_text())
+    assert metrics.baselines.recommended_lam == weave["recommended_lam"]
+    assert metrics.baselines.recommended.test_accuracy == pytest.approx(weave["recommended"], abs=1e-6)
+
+
+def test_report_has_the_merge3_claims_tables_and_figure(repo: Path) -> None:
+    from weaving.metrics_search import Merge3Metrics
+
+    claims = {c["id"]: c for c in json.loads((repo / "reports/claims.json").read_text())["claims"]}
+    head = Merge3Metrics.read(repo / "metrics/tiny-clip/search/merge3.json").headline
+    cost = claims["merge3_cost"]["numbers"]
+    assert cost["cost_ratio"] == pytest.approx(head.cost_ratio, abs=1e-3)  # claims.json rounds to 4 decimals
+    assert cost["final_gap_pp"] == pytest.approx(head.full_test_mean - head.reported_test_mean, abs=1e-3)
+    assert claims["merge3_cost"]["verdict"] in ("holds", "mixed", "does not hold")
+    assert {"merge3_quality", "merge3_estimator"} <= set(claims)
+    for name in ("merge3_tiny-clip", "merge3_estimators_tiny-clip", "merge3_items_tiny-clip"):
+        assert (repo / f"reports/tables/{name}.md").is_file()
+    assert (repo / "reports/figures/merge3_fitness_over_generations.png").is_file()
+
+
+def test_changing_a_merge3_param_invalidates_only_merge3(repo: Path) -> None:
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    stale = stages_to_run(repo)
+    try:
+        params = yaml.safe_load(original)
+        params["merge3"]["anchors_per_task"] = 1
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stages_to_run(repo) - stale == {"params", "merge3@tiny-clip"} - stale
+    finally:
+        params_path.write_text(original)

@@ -660,7 +660,9 @@ def contract_markdown() -> str:
 
 FAMILY_METRICS_FILES: dict[str, tuple[str, ...]] = {}
 """`weaving.metrics_<family>` -> the names of its file models (`family_metrics_files()` imports them)."""
+FAMILY_METRICS_FILES["weaving.metrics_tsv"] = ("CompressMetrics", "MassMetrics")  # TSV-C and MASS (docs/tsv.md)
 FAMILY_METRICS_FILES["weaving.metrics_align"] = ("AlignMetrics",)  # C2M3 (issue 13)
+FAMILY_METRICS_FILES["weaving.metrics_search"] = ("Merge3Metrics",)  # MERGE3 (docs/search.md)
 
 
 def family_metrics_files() -> tuple[type[MetricsFile], ...]:

@@ -17,6 +17,7 @@ from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
 from weaving.errors import ParamError
 from weaving_pipeline.params_c2m3 import C2m3Params, check_c2m3  # C2M3 alignment (issue 13)
+from weaving_pipeline.params_merge3 import Merge3Params, check_merge3  # MERGE3 (docs/search.md)
 from weaving_pipeline.params_tsv import CompressParams, MassParams
 
 SETUPS = SETUP_ENTRIES.keys()
@@ -188,6 +189,7 @@ class Params(_Strict):
     compress: CompressParams
     mass: MassParams
     c2m3: C2m3Params = Field(description="the C2M3 alignment branch (stages align_train, align)")
+    merge3: Merge3Params  # MERGE3 (docs/search.md, "Pipeline")
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -207,6 +209,7 @@ class Params(_Strict):
                         self.weave.pool_over)
         self._check_registries()
         check_c2m3(self.c2m3, self.datasets)
+        check_merge3(self.merge3, len(self.suite.mtl), self.data.limits.model_dump())  # MERGE3
         return self
 
     def _check_registries(self) -> None:

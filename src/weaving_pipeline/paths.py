@@ -105,3 +105,8 @@ def align_models(dataset: str, arch: str, index: int | None = None) -> Path:
 def align_metrics(dataset: str, arch: str) -> Path:
     """`metrics/align/<dataset>-<arch>.json`: the merges of one run."""
     return Path("metrics/align") / f"{align_run(dataset, arch)}.json"
+# --- MERGE3: evolutionary merging with IRT-estimated fitness (stage merge3; docs/search.md, "Pipeline") ---
+
+def search_metrics(model: str, name: str) -> Path:
+    """`metrics/<model>/search/<name>.json` (`merge3`)."""
+    return metrics(model, "search", f"{name}.json")

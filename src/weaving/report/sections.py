@@ -23,6 +23,7 @@ from weaving.report.tables import Table
 SECTIONS: dict[str, str] = {
     "tsv": "tsv",
     "align": "align",  # C2M3 (issue 13)
+    "search": "search",  # MERGE3 (docs/search.md, "Pipeline")
 }
 """Section name -> module under `weaving.report` that defines `section(metrics_dir, models)`."""
 
