@@ -18,6 +18,8 @@ from weaving_pipeline.params import Params
 
 def train_stage(params: Params, dataset: str, arch: str) -> dict:
     """Train and write the models (see the module docstring); returns `train.json`'s content."""
+    import torch
+
     from weaving.align.experiment import train_models
     from weaving.align.models import TrainConfig
     from weaving.atomic import atomic_dir, write_json
@@ -30,8 +32,10 @@ def train_stage(params: Params, dataset: str, arch: str) -> dict:
     config = TrainConfig(**options.train.model_dump())
     data = load_prepared(paths.prepared(dataset))
     train = data.split("train")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the paper profile's settings need a GPU
+    print(f"[align_train] training {c2m3.num_models} {arch} models on {len(train)} {dataset} images ({device})")
     trained = train_models(arch, train.uint8_images(), train.labels, num_models=c2m3.num_models, seed=c2m3.seed,
-                           num_classes=data.num_classes, config=config, progress=True, **layout)
+                           num_classes=data.num_classes, config=config, progress=True, device=device, **layout)
     record = {
         "dataset": dataset, "arch": arch, "num_models": c2m3.num_models, "seed": c2m3.seed,
         "model_kwargs": trained.model_kwargs, "normalisation": {"mean": trained.mean, "std": trained.std},

@@ -427,6 +427,18 @@ def test_training_is_seeded():
         train_models("mlp", images.astype(np.float32), labels, seed=0, **kw)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_matches_the_cpu_up_to_kernel_rounding():
+    """The paper profile trains on the GPU: same seeds, same initialisation and batches, so the same models
+    up to floating-point rounding of the kernels; state dicts come back on the CPU."""
+    images, labels = synthetic_images(64, 0)
+    kw = {"num_models": 2, "width": [8], "num_classes": 3, "config": TrainConfig(epochs=2, batch_size=16)}
+    cpu = train_models("mlp", images, labels, seed=0, **kw)
+    gpu = train_models("mlp", images, labels, seed=0, device="cuda", **kw)
+    for a, b in zip(cpu.state_dicts, gpu.state_dicts):
+        assert all(b[k].device.type == "cpu" and torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_experiment_end_to_end_on_synthetic_images():
     images, labels = synthetic_images(96, 1)
     test_images, test_labels = synthetic_images(48, 2)

@@ -88,12 +88,16 @@ def train_models(
     stem_stride: int = 2,
     config: TrainConfig | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> TrainedModels:
     """Train ``num_models`` models of ``arch`` on uint8 ``images`` ``[N, H, W, C]`` and int ``labels``.
 
     Inputs are normalised with the training images' mean and standard deviation (one scalar
     each). Model ``i`` is initialised from seed ``seed + i`` and its mini-batches shuffled by
-    seed ``seed + 1000 + i``; ``config`` (default ``TrainConfig()``) gives the optimiser and its schedule."""
+    seed ``seed + 1000 + i``; ``config`` (default ``TrainConfig()``) gives the optimiser and its schedule.
+    ``device`` is where the models train (``"cuda"`` on a GPU machine; initialisation and shuffling
+    stay seeded on the CPU); the returned state dicts are on the CPU. On the CPU results are
+    bitwise reproducible for a thread count; on a GPU only up to its kernels' nondeterminism."""
     config = config or TrainConfig()
     if arch not in ARCHITECTURES:
         raise ParamError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
@@ -114,9 +118,9 @@ def train_models(
                        "stem_stride": stem_stride})
     state_dicts, losses = [], []
     for i in tqdm(range(num_models), desc=f"train {arch}", unit="model", disable=not progress, leave=False):
-        model = build_model(arch, seed=seed + i, **kwargs)
+        model = build_model(arch, seed=seed + i, **kwargs).to(device)
         losses.append(train_model(model, x, y, seed=seed + 1000 + i, config=config))
-        state_dicts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        state_dicts.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
     return TrainedModels(arch, state_dicts, kwargs, mean, std, losses, time.perf_counter() - start)
 
 

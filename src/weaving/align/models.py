@@ -219,6 +219,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                 progress: bool = False) -> list[float]:
     """Train ``model`` in place on ``images`` (float ``[N, C, H, W]``) and ``labels`` (int64 ``[N]``)
     with cross-entropy; mini-batches shuffled by ``torch.Generator().manual_seed(seed)``.
+    Each mini-batch is moved to the model's device (the inputs may stay on the CPU).
     Returns the mean training loss of every epoch."""
     if len(images) != len(labels) or len(images) == 0:
         raise InputError(f"{len(images)} images and {len(labels)} labels; need the same, non-zero number")
@@ -228,13 +229,14 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     losses = []
+    device = next(model.parameters()).device
     model.train()
     for _ in tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress, leave=False):
         order = torch.randperm(len(images), generator=generator)
         running, seen = 0.0, 0
         for start in range(0, len(images), config.batch_size):
             batch = order[start:start + config.batch_size]
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            loss = F.cross_entropy(model(images[batch].to(device)), labels[batch].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
