@@ -60,6 +60,7 @@ def test_default_search_spaces_are_the_papers(default: dict) -> None:
          ["method_params.ties.search_space.mtl"]),
         (lambda p: p["finetune"].update(lr=-1), ["finetune.lr", "greater than 0"]),
         (lambda p: p["finetune"].update(epochs=3), ["finetune", "exactly one of steps or epochs"]),
+        (lambda p: p["finetune"].update(steps=20, warmup_steps=25), ["finetune", "warmup_steps 25 must be below steps 20"]),
         (lambda p: p["suite"]["mtl"].append("imagenet"), ["imagenet", "datasets"]),
         (lambda p: p["model_specs"]["tiny-clip"].update(pretrained="laion"), ["model_specs.tiny-clip.pretrained",
                                                                           "pipeline", "openai"]),

@@ -420,3 +420,63 @@ def test_changing_a_merge3_param_invalidates_only_merge3(repo: Path) -> None:
         assert stages_to_run(repo) - stale == {"params", "merge3@tiny-clip"} - stale
     finally:
         params_path.write_text(original)
+
+
+# --- faults: kill -9 at chosen points of each stage kind (issue 10, "Also") -----------------------------------------
+
+def _run_outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every file under the pipeline's output folders."""
+    import hashlib
+
+    return {str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in ("models", "metrics", "reports") for path in sorted((repo / folder).rglob("*"))
+            if path.is_file()}
+
+
+def _leftovers(repo: Path) -> list[str]:
+    """Names the atomic writers and the resumable trainers use for unfinished work."""
+    return sorted(str(path.relative_to(repo)) for folder in ("models", "metrics", "reports", "data")
+                  for path in (repo / folder).rglob(".*")
+                  if path.name.endswith((".tmp", ".old")) or path.name == ".resume")
+
+
+@pytest.mark.parametrize("stage, trigger, seconds_after", [
+    ("finetune@tiny-clip-{task}", "Running stage", 1.0),         # importing torch and open_clip: nothing written
+    ("finetune@tiny-clip-{task}", "finetune:", 0.0),             # training, evaluating or writing the checkpoint
+    ("finetune_sequential@tiny-clip-{bench}", "finetune:", 0.5),  # between splits (a staging folder)
+    ("weave@tiny-clip-mtl-ties", "evaluate ties:", 1.0),         # evaluating the sweep
+    ("weave@tiny-clip-mtl-ties", "evaluate ties: 100%", 0.0),    # writing the woven models and metrics
+    ("report", "Running stage", 6.0),                            # building the report's staging folder
+])
+def test_a_stage_killed_with_sigkill_recovers_to_the_same_bytes(repo: Path, stage: str, trigger: str,
+                                                                seconds_after: float) -> None:
+    """kill -9 of `dvc repro` and its stage at a point of the stage's run (`seconds_after` its log shows
+    `trigger`), then `dvc repro`: every output byte-identical to the uninterrupted run, no temporary or
+    resume leftovers, git status as before."""
+    import signal
+    import time
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    stage = stage.format(task=params["suite"]["mtl"][0], bench=next(iter(params["cl_benchmarks"])))
+    run(["dvc", "repro"], repo)
+    before, status = _run_outputs(repo), run(["git", "status", "--porcelain"], repo).stdout
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(repo / "src")}
+    log = repo.parent / "killed-stage.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while trigger not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(seconds_after)
+        finished_first = process.poll() is not None
+        if not finished_first:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not finished_first, f"{stage} ended before the kill point ({trigger!r} + {seconds_after} s):\n" \
+                               f"{log.read_text()[-2000:]}"
+    run(["dvc", "repro"], repo)
+    assert _run_outputs(repo) == before
+    assert _leftovers(repo) == []
+    assert run(["git", "status", "--porcelain"], repo).stdout == status
