@@ -1,19 +1,25 @@
 """Weight Weaving over search spaces with hyper-parameter axes (docs/merging.md, "Search spaces
 over hyper-parameters"): the fast path against the materialised members, grids against point
-lists, the member order, the number of merges, and bad spaces."""
+lists, the member order, the number of merges, and bad spaces in the library and the CLI."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import re
+from pathlib import Path
 
 import pytest
 import spec_reference as ref
 import torch
+from cli_fixtures import make_models, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from weaving import METHODS, POOLINGS, ParamError, merge, task_vectors, weave
+from weaving import METHODS, POOLINGS, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.methods.base import ModelWideMethod, PerTensorMethod
 from weaving.poolings import member_draws
 from weaving.request import validate_request
@@ -256,3 +262,81 @@ def test_library_refuses_spaces_elsewhere() -> None:
         weave("pcb", TAUS, [1.0], space={"summed_inter": [0.5]})
     with pytest.raises(ParamError, match="space 'density': method 'task_arithmetic' has no hyper-parameter"):
         weave("task_arithmetic", TAUS, [1.0], space={"density": [0.1]})
+
+
+# ---------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[list[str], dict[str, torch.Tensor], list[dict[str, torch.Tensor]], Path]:
+    pretrained, finetuned = make_models(seed=3)
+    save_file(pretrained, tmp_path / "pre.safetensors")
+    for i, sd in enumerate(finetuned):
+        save_file(sd, tmp_path / f"ft{i}.safetensors")
+    out = tmp_path / "out.safetensors"
+    argv = ["weave", "--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned",
+            *(str(tmp_path / f"ft{i}.safetensors") for i in range(len(finetuned))), "--out", str(out), "--quiet"]
+    return argv, pretrained, finetuned, out
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLINGS))
+def test_cli_space_equals_the_library_and_is_recorded(files, pooling: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, pretrained, finetuned, out = files
+    code, _, err = run(argv + ["--method", "ties", "--lambdas", "0.5:1.5:0.5", "--space", "density=0.1,0.3",
+                               "--pooling", pooling, "--seed", "4"], capsys)
+    assert code == 0, err
+    taus = task_vectors(pretrained, finetuned)
+    pooled = weave("ties", taus, [0.5, 1.0, 1.5], pooling=pooling, seed=4, space={"density": [0.1, 0.3]})
+    expected = apply_task_vector(pretrained, pooled)
+    got = load_file(out)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+    with safe_open(out, framework="pt") as handle:
+        meta = handle.metadata()
+    assert json.loads(meta["space"]) == {"density": [0.1, 0.3], "lam": [0.5, 1.0, 1.5]}
+    assert json.loads(meta["space_spec"]) == {"density": "0.1,0.3"}
+    assert json.loads(meta["lambdas"]) == [0.5, 1.0, 1.5] and meta["lambdas_spec"] == "0.5:1.5:0.5"
+    assert (meta["members"], meta["merges"]) == ("6", "2")
+    assert json.loads(meta["hparams"]) == {}  # density is swept, not fixed
+
+
+def test_cli_space_with_lam_axis_and_merge_file(files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, pretrained, finetuned, out = files
+    config = tmp_path / "weave.yaml"
+    code, _, err = run(argv + ["--method", "breadcrumbs", "--space", "lam=0.5,1.0", "--space", "beta=0.1:0.3:0.1",
+                               "--pooling", "magmax", "--save-config", str(config)], capsys)
+    assert code == 0, err
+    first = load_file(out)
+    taus = task_vectors(pretrained, finetuned)
+    pooled = weave("breadcrumbs", taus, pooling="magmax", space={"beta": [0.1, 0.2, 0.3], "lam": [0.5, 1.0]})
+    for key, value in apply_task_vector(pretrained, pooled).items():
+        torch.testing.assert_close(first[key], value, rtol=1e-5, atol=1e-6)
+    with safe_open(out, framework="pt") as handle:
+        assert handle.metadata()["lambdas_spec"] == "0.5,1.0"
+    out.unlink()
+    code, _, err = run(["run", str(config), "--quiet"], capsys)  # the merge file records the space
+    assert code == 0, err
+    again = load_file(out)
+    assert all(torch.equal(again[key], first[key]) for key in first)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lambdas", "0.5", "--space", "rank=1,2"], "--space 'rank': method 'ties' has no hyper-parameter 'rank'"),
+    (["--lambdas", "0.5", "--space", "density="], "--space expects KEY=SPEC"),
+    (["--lambdas", "0.5", "--space", "density=0.1,5"], r"--space density\[1\]: method 'ties': hyper-parameter "
+                                                       r"'density' must be in \(0, 1\], got 5.0"),
+    (["--lambdas", "0.5", "--space", "density=0.3:0.1:0.1"], r"--space density: search space"),
+    (["--lambdas", "0.5", "--space", "lam=0.1,0.2"], "lam is given twice: --lambdas and --space lam"),
+    (["--lambdas", "0.5", "--space", "density=0.1", "--space", "density=0.2"], "--space density given twice"),
+    (["--lambdas", "0.5", "--set", "density=0.2", "--space", "density=0.1"],
+     r"--space 'density': density is given twice, as an axis and as a fixed value \(--set density\)"),
+    (["--space", "density=0.1"], "required: --lambdas"),
+])
+def test_cli_refuses_bad_spaces(files, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, _, _, out = files
+    code, _, err = run(argv + ["--method", "ties", *extra], capsys)
+    assert code == 2
+    assert err.startswith("weaving: error: ") and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not out.exists()
+
