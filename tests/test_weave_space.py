@@ -340,3 +340,19 @@ def test_cli_refuses_bad_spaces(files, extra: list[str], message: str, capsys: p
     assert re.search(message, err), err
     assert not out.exists()
 
+
+
+def test_merge_files_take_a_space_for_weaves_only(tmp_path: Path) -> None:
+    from weaving.mergefile import load_merge_file, to_arguments
+
+    base = "pretrained: p.safetensors\nfinetuned: [a.safetensors]\nmethod: ties\nout: o.safetensors\n"
+    (tmp_path / "weave.yaml").write_text(base + "command: weave\nspace: {lam: '0.5,1.0', density: [0.1, 0.2]}\n")
+    merge_file, _ = load_merge_file(tmp_path / "weave.yaml")
+    namespace = to_arguments(merge_file, tmp_path)
+    assert namespace.lambdas is None and namespace.space == ["lam=0.5,1.0", "density=0.1,0.2"]
+    (tmp_path / "merge.yaml").write_text(base + "space: {density: '0.1'}\n")
+    with pytest.raises(ParamError, match="space: only for command: weave"):
+        load_merge_file(tmp_path / "merge.yaml")
+    (tmp_path / "nolam.yaml").write_text(base + "command: weave\nspace: {density: '0.1'}\n")
+    with pytest.raises(ParamError, match="lambdas: required for command: weave"):
+        load_merge_file(tmp_path / "nolam.yaml")
