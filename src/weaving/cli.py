@@ -78,7 +78,7 @@ PROG = "weaving"
 
 CLI_WORDING = Wording(
     names={"lam": "--lam", "lambdas": "--lambdas", "pooling": "--pooling", "pool_over": "--pool-over",
-           "seed": "--seed", "method_seed": "--set seed", "hparams": "--set"},
+           "seed": "--seed", "method_seed": "--set seed", "hparams": "--set", "space": "--space"},
     not_finite="{name} must be finite, got {value!r}",
     method_hint=method_hint,
     hparam_hint=hparam_hint,
@@ -121,6 +121,25 @@ def parse_assignment(text: str) -> tuple[str, bool | int | float | str]:
         except ValueError:
             pass
     return key, raw
+
+
+def parse_space(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``--space KEY=SPEC`` options as ``{KEY: SPEC}`` in the order given (None: no option).
+
+    SPEC is parsed later, against the method's hyper-parameter KEY (``validate_request``).
+    """
+    if not items:
+        return None
+    space: dict[str, str] = {}
+    for item in items:
+        key, sep, spec = item.partition("=")
+        key, spec = key.strip(), spec.strip()
+        if not sep or not key or not spec:
+            raise ParamError(f"--space expects KEY=SPEC (e.g. density=0.1,0.2 or density=0.1:0.3:0.1), got {item!r}")
+        if key in space:
+            raise ParamError(f"--space {key} given twice")
+        space[key] = spec
+    return space
 
 
 def parse_assignments(items: Sequence[str] | None) -> dict[str, bool | int | float | str]:
@@ -192,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     weave = commands.add_parser("weave", help="Weight Weaving: pool the merge over a search space of lam")
     _add_merge_arguments(weave)
-    weave.add_argument("--lambdas", required=True, metavar="SPEC",
-                       help="search space: 'start:stop:step' (inclusive) or 'a,b,c'")
+    weave.add_argument("--lambdas", metavar="SPEC",
+                       help="search space of lam: 'start:stop:step' (inclusive) or 'a,b,c' (required unless "
+                            "--space lam=SPEC)")
+    weave.add_argument("--space", action="append", metavar="KEY=SPEC",
+                       help="a hyper-parameter axis of the search space, e.g. --space density=0.1,0.2,0.3 or "
+                            "--space density=0.1:0.3:0.1 (repeatable); the grid crosses every axis with lam")
     weave.add_argument("--pooling", default="avg", help="pooling: avg, random or magmax (default avg)")
     weave.add_argument("--pool-over", default="all", choices=POOL_OVER,
                        help="'all' (task vectors and scaled merges, default) or 'augmented' (scaled merges only)")
@@ -239,8 +262,13 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, object], MergeReq
     if args.command == "merge":
         shape: dict[str, object] = {"lam": args.lam}
     else:
-        shape = {"lambdas": parse_search_space(args.lambdas), "pooling": args.pooling,
-                 "pool_over": args.pool_over, "materialize": args.materialize}
+        space = parse_space(getattr(args, "space", None))
+        if args.lambdas is None and "lam" not in (space or {}):
+            raise UsageError(f"the following arguments are required: --lambdas (or --space lam=SPEC) "
+                             f"(see '{PROG} weave --help')")
+        shape = {"lambdas": None if args.lambdas is None else parse_search_space(args.lambdas),
+                 "pooling": args.pooling, "pool_over": args.pool_over, "materialize": args.materialize,
+                 "space": space}
     request = validate_request(args.method, seed=args.seed, hparams=given, wording=CLI_WORDING, **shape)
     if args.weights is not None:
         check_weights(args.weights, args.method, len(args.finetuned))
@@ -457,13 +485,21 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
         metadata["lam"] = json.dumps(args.lam)
     else:
         assert request.weave is not None
+        space = request.weave.space
         metadata.update({
-            "lambdas": json.dumps(list(request.weave.lambdas)),
-            "lambdas_spec": args.lambdas,
+            "lambdas": json.dumps(list(request.weave.lambdas) if space is None else space.record["lam"]),
+            "lambdas_spec": args.lambdas if args.lambdas is not None else parse_space(args.space)["lam"],  # type: ignore[index]
             "pooling": args.pooling,
             "pool_over": args.pool_over,
             "materialize": json.dumps(bool(args.materialize)),
         })
+        if space is not None:
+            metadata.update({
+                "space": json.dumps(space.record),
+                "space_spec": json.dumps(parse_space(args.space)),
+                "members": str(len(space.points)),
+                "merges": str(len(space.combinations)),
+            })
     output = finite_outputs(cast_outputs(append_union_rows(stream, prepared.union_rows), out_dtypes, args.dtype))
     device = torch.device(args.device) if args.device != "cpu" else contextlib.nullcontext()
     try:

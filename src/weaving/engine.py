@@ -132,11 +132,12 @@ def merge(
 def weave(
     method: str,
     taus: Sequence[Mapping[str, torch.Tensor]],
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | None = None,
     pooling: str = "avg",
     pool_over: str = "all",
     seed: int = 0,
     *,
+    space: Mapping[str, object] | Sequence[Mapping[str, object]] | None = None,
     materialize: bool = False,
     progress: bool = False,
     method_seed: int | None = None,
@@ -146,10 +147,15 @@ def weave(
 
     `seed` is the pooling seed and DARE's seed unless `method_seed` is given.
     `materialize=True` runs Algorithm 1 as written (every member built, then pooled).
+    `space` sweeps the method's hyper-parameters too (docs/merging.md, "Search spaces over
+    hyper-parameters"): a grid such as `{"density": [0.1, 0.2]}` (crossed with `lambdas`, or
+    with a `"lam"` axis instead of `lambdas`), or a list of points such as
+    `[{"lam": 0.5, "density": 0.1}, ...]`; members are `lam * f(taus, 1, **point)`, one merge
+    per distinct non-lam combination. A swept hyper-parameter may not also be given in `hparams`.
     """
     request = validate_request(
         method, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
-        materialize=materialize, method_seed=method_seed, hparams=hparams,
+        materialize=materialize, method_seed=method_seed, hparams=hparams, space=space,
     )
     sources = tau_sources(taus)
     return _collect(sources, stream_taus(sources, request, progress=progress))

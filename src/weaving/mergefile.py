@@ -11,6 +11,7 @@ path that does not exist there and reads ``org/name`` is a Hugging Face hub id. 
     method: ties
     hparams: {density: 0.2}
     lambdas: "0.1:1.5:0.1"      # weave; a merge takes lam instead
+    space: {density: "0.1,0.2"} # weave: hyper-parameter axes (--space KEY=SPEC), optional
     pooling: avg
     out: woven/
 """
@@ -30,7 +31,7 @@ from weaving.errors import InputError, ParamError
 from weaving.hf import looks_like_hub_id
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-WEAVE_ONLY = ("lambdas", "pooling", "pool_over", "materialize")
+WEAVE_ONLY = ("lambdas", "space", "pooling", "pool_over", "materialize")
 
 
 class MergeFile(BaseModel):
@@ -46,6 +47,7 @@ class MergeFile(BaseModel):
     seed: int = 0
     lam: float | None = None
     lambdas: str | list[float] | None = None
+    space: dict[str, str | list[bool | int | float]] | None = None
     pooling: str = "avg"
     pool_over: Literal["all", "augmented"] = "all"
     materialize: bool = False
@@ -68,7 +70,7 @@ class MergeFile(BaseModel):
         else:
             if "lam" in self.model_fields_set:
                 raise ValueError("lam: only for command: merge; a weave takes lambdas")
-            if self.lambdas is None:
+            if self.lambdas is None and "lam" not in (self.space or {}):
                 raise ValueError("lambdas: required for command: weave")
         return self
 
@@ -149,11 +151,21 @@ def to_arguments(merge_file: MergeFile, folder: Path) -> argparse.Namespace:
         namespace.lam = 1.0 if values["lam"] is None else values["lam"]
     else:
         lambdas = values["lambdas"]
-        namespace.lambdas = lambdas if isinstance(lambdas, str) else ",".join(repr(float(v)) for v in lambdas)
+        namespace.lambdas = (lambdas if lambdas is None or isinstance(lambdas, str)
+                             else ",".join(repr(float(v)) for v in lambdas))
+        space = values["space"]
+        namespace.space = None if space is None else [f"{key}={_axis_text(spec)}" for key, spec in space.items()]
         namespace.pooling = values["pooling"]
         namespace.pool_over = values["pool_over"]
         namespace.materialize = values["materialize"]
     return namespace
+
+
+def _axis_text(spec: str | list[bool | int | float]) -> str:
+    """One axis of ``space`` in the command line's SPEC syntax."""
+    if isinstance(spec, str):
+        return spec
+    return ",".join(("true" if v else "false") if isinstance(v, bool) else repr(v) for v in spec)
 
 
 def _relative(text: str, folder: Path) -> str:
@@ -178,8 +190,12 @@ def from_arguments(args: argparse.Namespace, hparams: dict[str, Any], folder: Pa
     if args.command == "merge":
         record["lam"] = args.lam
     else:
-        record.update(lambdas=args.lambdas, pooling=args.pooling, pool_over=args.pool_over,
-                      materialize=bool(args.materialize))
+        if args.lambdas is not None:
+            record["lambdas"] = args.lambdas
+        space = getattr(args, "space", None)
+        if space:
+            record["space"] = {key.strip(): spec.strip() for key, _, spec in (item.partition("=") for item in space)}
+        record.update(pooling=args.pooling, pool_over=args.pool_over, materialize=bool(args.materialize))
     optional = {
         "weights": args.weights, "dtype": args.dtype, "device": args.device, "vocab": args.vocab,
         "vocab_keys": [k for k in (args.vocab_keys or "").split(",") if k], "hash": args.hash,

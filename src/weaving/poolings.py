@@ -17,11 +17,15 @@ Each pooling has a fast path that uses `M` once and never builds the members (me
 independent of K), and a materialised path (Algorithm 1: build every member, stack, pool).
 Both use the same draws; `lam_k * M` is always the element-wise product of `M` with the
 compute-dtype value of `lam_k`, so `random` agrees exactly between the paths.
+
+A search space over hyper-parameters has one merge `M_c` per non-lam combination:
+`weave_groups` pools its members (taus, then the points in member order) with each pooling's
+`fast_groups`, asking for one merge at a time, or materialises them (`build_group_members`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,23 +91,101 @@ def _random_pool(members: torch.Tensor, draws: torch.Tensor | None) -> torch.Ten
     return pick(members, draws)
 
 
+# ---------------------------------------------------------------------------- several merges (search spaces)
+#
+# A search space over hyper-parameters has several merges `M_c` (one per non-lam combination c);
+# a group is `(c, positions, lams)`: the member positions among the points of the merge `M_c`
+# and their lams (a compute-dtype tensor). `merge_of(c)` computes `M_c` when asked; a fast path
+# asks for each merge once and keeps only the running pool, never two merges at a time.
+
+Group = tuple[int, Sequence[int], torch.Tensor]
+
+
+def _avg_groups(taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor], groups: Sequence[Group],
+                num_points: int, pool_over: str, draws: torch.Tensor | None) -> torch.Tensor:
+    total: torch.Tensor | None = None
+    for combination, _, lams in groups:
+        term = lams.sum() * merge_of(combination)
+        total = term if total is None else total.add_(term)
+    assert total is not None
+    if pool_over == "all":
+        total = taus.sum(0) + total
+    return total / num_members(taus.shape[0], num_points, pool_over)
+
+
+def _magmax_groups(taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor], groups: Sequence[Group],
+                   num_points: int, pool_over: str, draws: torch.Tensor | None) -> torch.Tensor:
+    # Within a group the largest |x| is at its largest |lam| (the last such member on ties);
+    # across groups a tie goes to the later member, so the groups are visited in the order of
+    # the positions of those members, each replacing the pool where it is at least as large.
+    winners = []
+    for combination, positions, lams in groups:
+        k = lams.numel() - 1 - int(lams.abs().flip(0).argmax())
+        winners.append((positions[k], combination, lams[k]))
+    best = pick(taus, last_argmax_abs(taus)) if pool_over == "all" else None
+    for _, combination, lam in sorted(winners, key=lambda winner: winner[0]):
+        scaled = lam * merge_of(combination)
+        best = scaled if best is None else torch.where(scaled.abs() >= best.abs(), scaled, best)
+    assert best is not None
+    return best
+
+
+def _random_groups(taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor], groups: Sequence[Group],
+                   num_points: int, pool_over: str, draws: torch.Tensor | None) -> torch.Tensor:
+    assert draws is not None
+    point_lams = torch.empty(num_points, dtype=taus.dtype)
+    point_groups = torch.empty(num_points, dtype=torch.int64)
+    for combination, positions, lams in groups:
+        index = torch.tensor(list(positions), dtype=torch.int64)
+        point_lams[index] = lams
+        point_groups[index] = combination
+    num_tasks = taus.shape[0] if pool_over == "all" else 0
+    point = (draws - num_tasks).clamp_(min=0)
+    drawn_group = point_groups[point]
+    if num_tasks:
+        result = pick(taus, draws.clamp(max=num_tasks - 1))
+        drawn_group[draws < num_tasks] = -1
+    else:
+        result = torch.zeros(draws.shape, dtype=taus.dtype)
+    scale = point_lams[point]  # lam of the drawn member: the same product lam_k * M_c as a built member
+    for combination, _, _ in groups:
+        result = torch.where(drawn_group == combination, scale * merge_of(combination), result)
+    return result
+
+
+def build_group_members(taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor], groups: Sequence[Group],
+                        num_points: int, pool_over: str) -> torch.Tensor:
+    """The stacked members `[N, *shape]` of several merges: taus (`all`), then every point in order."""
+    num_tasks = taus.shape[0] if pool_over == "all" else 0
+    members = torch.empty((num_tasks + num_points, *taus.shape[1:]), dtype=taus.dtype)
+    members[:num_tasks] = taus[:num_tasks]
+    for combination, positions, lams in groups:
+        merged = merge_of(combination)
+        rows = torch.tensor([num_tasks + p for p in positions], dtype=torch.int64)
+        members[rows] = lams.view(-1, *([1] * merged.ndim)) * merged
+    return members
+
+
 @dataclass(frozen=True)
 class Pooling:
-    """A registered pooling: `fast(taus, M, lambdas, pool_over, draws)`, `pool(members, draws)`."""
+    """A registered pooling: `fast(taus, M, lambdas, pool_over, draws)`, `pool(members, draws)`,
+    and `fast_groups(taus, merge_of, groups, num_points, pool_over, draws)` over several merges."""
 
     name: str
     summary: str
     fast: Callable[..., torch.Tensor]
     pool: Callable[..., torch.Tensor]
     random: bool = False
+    fast_groups: Callable[..., torch.Tensor] | None = None
 
 
-_COMPUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool]] = {
-    "avg": (_avg_fast, _avg_pool, False),
-    "random": (_random_fast, _random_pool, True),
-    "magmax": (_magmax_fast, _magmax_pool, False),
+_COMPUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool, Callable[..., torch.Tensor]]] = {
+    "avg": (_avg_fast, _avg_pool, False, _avg_groups),
+    "random": (_random_fast, _random_pool, True, _random_groups),
+    "magmax": (_magmax_fast, _magmax_pool, False, _magmax_groups),
 }
-"""Each pooling's fast path, materialised pooling, and whether it draws members at random."""
+"""Each pooling's fast path, materialised pooling, whether it draws members at random, and its
+fast path over several merges."""
 
 POOLINGS: dict[str, Pooling] = {
     name: Pooling(name, entry.summary, *_COMPUTATIONS[name]) for name, entry in POOLING_ENTRIES.items()
@@ -150,3 +232,35 @@ def pool_members(pooling: Pooling, members: torch.Tensor, *, seed: int, key: str
     """Algorithm 1's pooling of stacked members `[N, *shape]` of one key (random: seeded by key)."""
     draws = member_draws(seed, key, members.shape[0], tuple(members.shape[1:])) if pooling.random else None
     return pooling.pool(members, draws)
+
+
+def weave_groups(
+    pooling: Pooling,
+    taus: torch.Tensor,
+    merge_of: Callable[[int], torch.Tensor],
+    groups: Sequence[Group],
+    num_points: int,
+    *,
+    pool_over: str,
+    seed: int,
+    key: str,
+    materialize: bool = False,
+) -> torch.Tensor:
+    """Pool the members of one key over several merges (a search space over hyper-parameters).
+
+    `groups`: `(c, positions, lams)` per merge `M_c = merge_of(c)` (see above); the members are
+    `taus` (`all`), then the `num_points` points `lam * M_c` in position order. One group holding
+    every point is `weave_tensor` over its lams. `materialize=True` builds the N members;
+    otherwise each merge is asked for once, and the draws of `random` are those of the built members.
+    """
+    if len(groups) == 1:
+        combination, _, lams = groups[0]
+        return weave_tensor(pooling, taus, merge_of(combination), lams, pool_over=pool_over, seed=seed, key=key,
+                            materialize=materialize)
+    if materialize:
+        members = build_group_members(taus, merge_of, groups, num_points, pool_over)
+        return pool_members(pooling, members, seed=seed, key=key)
+    count = num_members(taus.shape[0], num_points, pool_over)
+    draws = member_draws(seed, key, count, tuple(taus.shape[1:])) if pooling.random else None
+    assert pooling.fast_groups is not None, pooling.name
+    return pooling.fast_groups(taus, merge_of, groups, num_points, pool_over, draws)

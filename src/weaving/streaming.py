@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError
 from weaving.methods.base import MethodRun, ModelLayout, PassNeeded, Workspace
-from weaving.poolings import pool_members, weave_tensor
+from weaving.poolings import pool_members, weave_groups
 from weaving.request import MergeRequest, validate_request
+from weaving.search_space import WeaveSpace
 from weaving.sources import StateDictSource, check_same_layout, check_sources, checked_load, float_layout
 
 # ---------------------------------------------------------------------------- task vector stacks
@@ -119,77 +120,104 @@ def stream_task_vectors(
     """Yield `(key, result)` over the float keys (sorted), results in the compute dtype.
 
     `merged`: the merged vector at lam 1, read instead of running `request.method`.
+    A weave over a search space with hyper-parameter axes runs one merge per distinct non-lam
+    combination (`WeaveSpace.combinations`): their statistics passes share the reads of the task
+    vectors, and each key's merges are computed one at a time into the running pool.
     """
     layout = stack.layout
+    weave = request.weave
+    space = weave.search_space if weave is not None else None
     if merged is not None:
-        run: MethodRun = _GivenRun(merged, layout)
+        runs: list[MethodRun] = [_GivenRun(merged, layout)]
     else:
         assert request.method is not None
-        run = request.method.start(request.hparams, layout)
+        method = request.method
+        if space is None:
+            runs = [method.start(request.hparams, layout)]
+        else:
+            runs = [method.start({**request.hparams, **space.hparams(c)}, layout) for c in range(len(space.combinations))]
+            if len(runs) > 1:  # one merge works at a time: one set of scratch buffers for all
+                scratch = Workspace()
+                for run in runs:
+                    run.share_scratch(scratch)
 
-    def statistics_pass(label: str) -> None:
+    def statistics_pass(active: Sequence[MethodRun], label: str) -> None:
         for key in _bar(layout.keys, label, progress):
-            run.observe(key, stack.load(key))
-        run.end_pass()
+            taus = stack.load(key)
+            for run in active:
+                run.observe(key, taus)
+        for run in active:
+            run.end_pass()
 
-    while (label := run.next_pass()) is not None:
-        statistics_pass(label)
+    while True:
+        pending = [(run, label) for run in runs if (label := run.next_pass()) is not None]
+        if not pending:
+            break
+        label = pending[0][1] + (f" (and {len(pending) - 1} more merges)" if len(pending) > 1 else "")
+        statistics_pass([run for run, _ in pending], label)
     dtype = layout.compute_dtype
-    weave = request.weave
     if weave is None:
         assert request.lam is not None
         lam = torch.tensor(request.lam, dtype=dtype)
         final_label = f"{request.label}: merge (lam={request.lam:g})"
     else:
-        lambdas = torch.tensor(weave.lambdas, dtype=dtype)
-        final_label = f"{request.label}: weave ({weave.pooling.name} over {weave.pool_over})"
+        assert space is not None
+        groups = [(c, positions, torch.tensor(lams, dtype=dtype)) for c, positions, lams in space.groups()]
+        final_label = f"{request.label}: weave ({weave.pooling.name} over {weave.pool_over})" + (
+            f", {len(runs)} merges" if len(runs) > 1 else "")
     linear = request.method is None or request.method.linear_in_lam
 
-    def finalized(key: str, lam: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(taus, f(taus, lam))` of `key` (lam None: at 1), after any statistics pass it needs."""
+    def finalized(run: MethodRun, key: str, taus: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+        """`run`'s `f(taus, lam)` of `key` (lam None: at 1), after any statistics pass it needs.
+
+        After such a pass `taus` holds `key`'s task vectors again.
+        """
         for attempt in range(2):
-            taus = stack.load(key)
             try:
                 result = run.finalize(key, taus) if lam is None else run.finalize_at(key, taus, lam)
                 break
             except PassNeeded as needed:
                 if attempt:
                     raise
-                statistics_pass(f"{needed.label} (needed by {key})")
+                statistics_pass([run], f"{needed.label} (needed by {key})")
+                fresh = stack.load(key)
+                if fresh.data_ptr() != taus.data_ptr():
+                    taus.copy_(fresh)
         if tuple(result.shape) != layout.shapes[key]:
             raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(result.shape)}")
-        return taus, result
+        return result
 
     for key in _bar(layout.keys, final_label, progress):
-        if not linear:
-            yield key, _nonlinear_result(request, key, finalized)
-            continue
-        taus, at_one = finalized(key)
+        taus = stack.load(key)
         if weave is None:
-            yield key, lam * at_one
-        else:
-            yield key, weave_tensor(
-                weave.pooling,
-                taus,
-                at_one,
-                lambdas,
-                pool_over=weave.pool_over,
-                seed=request.seed,
-                key=key,
-                materialize=weave.materialize,
-            )
+            yield key, finalized(runs[0], key, taus, request.lam) if not linear else lam * finalized(runs[0], key, taus)
+            continue
+        assert space is not None
+        if not linear:
+            yield key, _nonlinear_weave(request, space, taus, key,
+                                        lambda c, lam, key=key, taus=taus: finalized(runs[c], key, taus, lam))
+            continue
+        yield key, weave_groups(
+            weave.pooling,
+            taus,
+            lambda c, key=key, taus=taus: finalized(runs[c], key, taus),
+            groups,
+            len(space.points),
+            pool_over=weave.pool_over,
+            seed=request.seed,
+            key=key,
+            materialize=weave.materialize,
+        )
 
 
-def _nonlinear_result(
-    request: MergeRequest, key: str, finalized: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+def _nonlinear_weave(
+    request: MergeRequest, space: WeaveSpace, taus: torch.Tensor, key: str,
+    merge_at: Callable[[int, float], torch.Tensor],
 ) -> torch.Tensor:
-    """A method not linear in lam: its merge at `request.lam`, or Algorithm 1 with one merge per lam."""
+    """Algorithm 1 for a method not linear in lam: one merge per point `(c, lam)` of the space."""
     weave = request.weave
-    if weave is None:
-        return finalized(key, request.lam)[1]
-    merges = [finalized(key, lam) for lam in weave.lambdas]
-    taus = merges[0][0]
-    scaled = torch.stack([result for _, result in merges])
+    assert weave is not None
+    scaled = torch.stack([merge_at(c, lam) for c, lam in space.points])
     members = torch.cat([taus, scaled]) if weave.pool_over == "all" else scaled
     return pool_members(weave.pooling, members, seed=request.seed, key=key)
 
@@ -244,6 +272,7 @@ def stream_merge(
     materialize: bool = False,
     progress: bool = False,
     method_seed: int | None = None,
+    space: object = None,
     **hparams: object,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Merged (`lam`) or woven (`lambdas` + `pooling`) model, yielded key by key.
@@ -253,12 +282,13 @@ def stream_merge(
     `(key, theta_pre + result)` for every key of `pretrained` in sorted order (non-float
     keys: pretrained's tensor). `seed` is the pooling seed and DARE's seed unless
     `method_seed` is given (ignored by methods without a seed); `materialize` (Algorithm 1
-    as written) only concerns weaving. NaN/inf raises `InputError` naming the source and key
+    as written) only concerns weaving, and so does `space` (hyper-parameter axes, as
+    `weaving.engine.weave`). NaN/inf raises `InputError` naming the source and key
     when reached. Nothing is read until the first item is requested.
     """
     request = validate_request(
         method, lam=lam, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
-        materialize=materialize, method_seed=method_seed, hparams=hparams,
+        materialize=materialize, method_seed=method_seed, hparams=hparams, space=space,
     )
     return stream_request(pretrained, finetuned, request, progress=progress)
 

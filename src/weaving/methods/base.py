@@ -132,6 +132,10 @@ class MethodRun(ABC):
         May raise `PassNeeded` (before changing any state but the request itself).
         """
 
+    def share_scratch(self, workspace: Workspace) -> None:  # noqa: B027 (a hook: runs without scratch ignore it)
+        """Keep scratch buffers in `workspace`, shared with other runs of which one works at a time
+        (a search space's merges); nothing a run keeps between calls may live there."""
+
     def finalize_at(self, key: str, taus: torch.Tensor, lam: float) -> torch.Tensor:
         """The merged task vector of `key` at `lam`: `lam * finalize(key, taus)` for a linear method.
 

@@ -122,6 +122,9 @@ class PcbRun(MethodRun):
                 return select
         return None
 
+    def share_scratch(self, workspace: Workspace) -> None:
+        self._workspace = workspace
+
     def next_pass(self) -> str | None:
         select = self._stage()
         if select is None:

@@ -103,6 +103,9 @@ class TiesRun(MethodRun):
     def _trim(self, taus: torch.Tensor) -> torch.Tensor:
         return ties_trim(taus, self._thresholds, out=self._workspace.take("trimmed", taus.shape, taus.dtype))
 
+    def share_scratch(self, workspace: Workspace) -> None:
+        self._workspace = workspace
+
     def next_pass(self) -> str | None:
         if self._selecting():
             assert self._select is not None
