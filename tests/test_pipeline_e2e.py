@@ -424,13 +424,29 @@ def test_changing_a_merge3_param_invalidates_only_merge3(repo: Path) -> None:
 
 # --- faults: kill -9 at chosen points of each stage kind (issue 10, "Also") -----------------------------------------
 
-def _run_outputs(repo: Path) -> dict[str, str]:
-    """sha256 of every file under the pipeline's output folders."""
+TIMING_KEYS = ("seconds", "train_seconds", "cycle_seconds")
+"""Metrics keys that hold wall-clock durations: the only content allowed to differ between two runs."""
+
+
+def _without_timings(data):
+    if isinstance(data, dict):
+        return {k: _without_timings(v) for k, v in data.items() if k not in TIMING_KEYS}
+    if isinstance(data, list):
+        return [_without_timings(v) for v in data]
+    return data
+
+
+def _run_outputs(repo: Path) -> dict[str, object]:
+    """Every pipeline output: sha256 of each file under models/ and of reports/claims.json, and each metrics
+    file's content without its durations (reports/ tables carry durations; they are rebuilt from metrics/)."""
     import hashlib
 
-    return {str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for folder in ("models", "metrics", "reports") for path in sorted((repo / folder).rglob("*"))
-            if path.is_file()}
+    outputs: dict[str, object] = {
+        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in [*sorted((repo / "models").rglob("*")), repo / "reports" / "claims.json"] if path.is_file()}
+    for path in sorted((repo / "metrics").rglob("*.json")):
+        outputs[str(path.relative_to(repo))] = _without_timings(json.loads(path.read_text()))
+    return outputs
 
 
 def _leftovers(repo: Path) -> list[str]:
@@ -451,8 +467,9 @@ def _leftovers(repo: Path) -> list[str]:
 def test_a_stage_killed_with_sigkill_recovers_to_the_same_bytes(repo: Path, stage: str, trigger: str,
                                                                 seconds_after: float) -> None:
     """kill -9 of `dvc repro` and its stage at a point of the stage's run (`seconds_after` its log shows
-    `trigger`), then `dvc repro`: every output byte-identical to the uninterrupted run, no temporary or
-    resume leftovers, git status as before."""
+    `trigger`), then `dvc repro`: every model file byte-identical to the uninterrupted run's, every metrics
+    file equal but for durations, the claims identical, no temporary or resume leftovers, git status as
+    before."""
     import signal
     import time
 
