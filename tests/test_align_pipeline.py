@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from params_fixtures import write
 
 from weaving.metrics import MetricsFileError, family_contract_markdown, family_metrics_files
 from weaving.metrics_align import ALIGN_MERGERS, AlignMetrics
@@ -26,17 +27,6 @@ MERGERS = ["naive", "pairwise", "mergemany", "c2m3"]
 
 
 # --- params --------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def default() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def write(tmp_path: Path, params: dict) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
 
 @pytest.mark.parametrize("profile", ["params.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
 def test_every_profile_has_a_c2m3_block(profile: str) -> None:

@@ -8,23 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from params_fixtures import write
 
 from weaving_pipeline.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]
-
-
-@pytest.fixture(scope="module")
-def default() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def write(tmp_path: Path, params: dict) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)

@@ -13,7 +13,7 @@ from statistics import fmean
 
 import numpy as np
 import pytest
-import yaml
+from params_fixtures import write
 
 from weaving.errors import InputError
 from weaving.metrics import MetricsFileError
@@ -26,17 +26,6 @@ TASKS = ["mnist", "optdigits", "textures"]
 
 
 # --- params --------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def default() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def write(tmp_path: Path, params: dict) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
 
 @pytest.mark.parametrize("profile", ["params.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
 def test_every_profile_has_a_valid_merge3_block(profile: str) -> None:
