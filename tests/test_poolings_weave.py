@@ -7,23 +7,13 @@ import spec_reference as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from weave_strategies import small_models
 
 from weaving import METHODS, POOLINGS, ParamError, merge, task_vectors, weave, weave_from_merged
 
 LAMBDAS = st.lists(st.floats(-2.0, 2.5).map(lambda x: round(x, 2)), min_size=1, max_size=5)
 
 
-@st.composite
-def small_models(draw):
-    pretrained, finetuned = ref.random_model(
-        draw(st.integers(1, 3)),
-        seed=draw(st.integers(0, 2**31 - 1)),
-        shape2d=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
-        length1d=draw(st.integers(1, 6)),
-        zero_size=draw(st.booleans()),
-        grid=draw(st.booleans()),
-    )
-    return task_vectors(pretrained, finetuned)
 
 
 def test_registry() -> None:

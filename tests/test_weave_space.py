@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from weave_strategies import small_models
 
 from weaving import METHODS, POOLINGS, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.methods.base import ModelWideMethod, PerTensorMethod
@@ -35,17 +36,6 @@ AXES: dict[str, dict[str, list[object]]] = {
 """Values each method's axes may take in the tests (methods without hyper-parameters sweep lam only)."""
 
 
-@st.composite
-def small_models(draw):
-    pretrained, finetuned = ref.random_model(
-        draw(st.integers(1, 3)),
-        seed=draw(st.integers(0, 2**31 - 1)),
-        shape2d=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
-        length1d=draw(st.integers(1, 6)),
-        zero_size=draw(st.booleans()),
-        grid=draw(st.booleans()),
-    )
-    return task_vectors(pretrained, finetuned)
 
 
 @st.composite
