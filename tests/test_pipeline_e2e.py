@@ -457,10 +457,8 @@ def _leftovers(repo: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("stage, trigger, seconds_after", [
-    ("finetune@tiny-clip-{task}", "Running stage", 1.0),         # importing torch and open_clip: nothing written
     ("finetune@tiny-clip-{task}", "finetune:", 0.0),             # training, evaluating or writing the checkpoint
     ("finetune_sequential@tiny-clip-{bench}", "finetune:", 0.5),  # between splits (a staging folder)
-    ("weave@tiny-clip-mtl-ties", "evaluate ties:", 1.0),         # evaluating the sweep
     ("weave@tiny-clip-mtl-ties", "evaluate ties: 100%", 0.0),    # writing the woven models and metrics
     ("report", "Running stage", 6.0),                            # building the report's staging folder
 ])
