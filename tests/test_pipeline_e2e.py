@@ -459,8 +459,8 @@ def _leftovers(repo: Path) -> list[str]:
 @pytest.mark.parametrize("stage, trigger, seconds_after", [
     ("finetune@tiny-clip-{task}", "finetune:", 0.0),             # training, evaluating or writing the checkpoint
     ("finetune_sequential@tiny-clip-{bench}", "finetune:", 0.5),  # between splits (a staging folder)
-    ("weave@tiny-clip-mtl-ties", "evaluate ties: 100%", 0.0),    # writing the woven models and metrics
-    ("report", "Running stage", 6.0),                            # building the report's staging folder
+    ("weave@tiny-clip-mtl-ties", "evaluate ties:", 0.3),         # evaluating the sweep (about 1 s on the smoke profile)
+    ("report", "Running stage", 4.0),                            # building the report's staging folder
 ])
 def test_a_stage_killed_with_sigkill_recovers_to_the_same_bytes(repo: Path, stage: str, trigger: str,
                                                                 seconds_after: float) -> None:
