@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from params_fixtures import write
+from stage_loader import load_stage
 
 from weaving.metrics import MetricsFileError, family_contract_markdown, family_metrics_files
 from weaving.metrics_align import ALIGN_MERGERS, AlignMetrics
@@ -337,20 +338,10 @@ def test_the_section_is_registered_and_a_misnamed_or_bad_file_stops_it(tmp_path:
 
 # --- the align stage's inputs --------------------------------------------------------------------------------------
 
-def _load_stage(name: str, monkeypatch):
-    import importlib.util
-
-    monkeypatch.syspath_prepend(str(ROOT / "stages"))
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_align_stage_refuses_models_trained_with_other_params(tmp_path: Path, monkeypatch) -> None:
     from weaving.errors import InputError
 
-    stage = _load_stage("align", monkeypatch)
+    stage = load_stage("align", monkeypatch)
     params = load_params(ROOT / "profiles/smoke.yaml")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=r"models/align/mnist-mlp/train\.json: missing; run the align_train stage"):

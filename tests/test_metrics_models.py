@@ -7,13 +7,13 @@ must read back and write out byte for byte, also when rebuilt the way each stage
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from stage_loader import load_stage
 
 from weaving.errors import InputError
 from weaving.metrics import (
@@ -121,14 +121,6 @@ def test_the_other_files_rebuilt_as_their_stages_build_them_are_byte_identical(t
          "similarity.json")
 
 
-def _load_stage(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "stages"))
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: Path, monkeypatch) -> None:
     """The stage's own code reads zeroshot/finetune/sequential through the models and writes reference.json;
     the task vectors are stand-ins (similarity.json then differs, but must still be a valid file)."""
@@ -137,7 +129,7 @@ def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: P
     from weaving_pipeline.params import load_params
 
     torch.set_num_threads(1)
-    stage = _load_stage("taskvectors", monkeypatch)
+    stage = load_stage("taskvectors", monkeypatch)
     params = load_params(ROOT / "params.yaml")
     generator = torch.Generator().manual_seed(0)
 
@@ -392,7 +384,7 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
     from weaving_pipeline.params import load_params
 
     torch.set_num_threads(1)
-    stage = _load_stage("weave", monkeypatch)
+    stage = load_stage("weave", monkeypatch)
     params = load_params(ROOT / "params.yaml")
     generator = torch.Generator().manual_seed(0)
     pretrained = {"w": torch.zeros(8)}

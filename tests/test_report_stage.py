@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,17 +9,11 @@ from pathlib import Path
 
 import pytest
 from report_fixtures import make_run
+from stage_loader import load_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["tiny-clip", "ViT-B-32"]
 METHODS = ["magmax", "iso_c"]
-
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 report_stage = load_stage("report")
