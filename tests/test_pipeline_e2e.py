@@ -49,6 +49,25 @@ def stages_to_run(repo: Path) -> set[str]:
     return set(json.loads(status or "{}"))
 
 
+def newly_stale(repo: Path, *edits) -> tuple[set[str], list[set[str]]]:
+    """The stages `dvc status` lists before any edit (an earlier test may leave some stale: a forced rerun
+    rewrites a timing), and for each edit of the params dict in turn (edits accumulate) the stages it lists
+    then beyond those; params.yaml is restored afterwards."""
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    stale = stages_to_run(repo)
+    params = yaml.safe_load(original)
+    found = []
+    try:
+        for edit in edits:
+            edit(params)
+            params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+            found.append(stages_to_run(repo) - stale)
+    finally:
+        params_path.write_text(original)
+    return stale, found
+
+
 def test_repro_writes_every_output(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for model in params["models"]:
@@ -275,18 +294,9 @@ def test_report_has_the_tsv_claims_tables_and_figures(repo: Path) -> None:
 
 
 def test_changing_the_mass_threshold_invalidates_only_mass(repo: Path) -> None:
-    """Only mass (and the params stage) become stale; not the compression. Stages an earlier test left stale
-    (a forced fine-tune rerun rewrites its timing) are set aside."""
-    params_path = repo / "params.yaml"
-    original = params_path.read_text()
-    stale = stages_to_run(repo)
-    try:
-        params = yaml.safe_load(original)
-        params["mass"]["threshold"] = 0.3
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert stages_to_run(repo) - stale == {"params", "mass@tiny-clip"} - stale
-    finally:
-        params_path.write_text(original)
+    """Only mass (and the params stage) become stale; not the compression."""
+    before, [stale] = newly_stale(repo, lambda params: params["mass"].update(threshold=0.3))
+    assert stale == {"params", "mass@tiny-clip"} - before
 
 
 # --- C2M3: the align_train and align stages (docs/align.md, "Pipeline") --------------------------------------------
@@ -346,23 +356,19 @@ def test_report_has_the_c2m3_claims_tables_and_figures(repo: Path) -> None:
 
 def test_changing_c2m3_merge_params_keeps_the_trained_models(repo: Path) -> None:
     """fw_max_iter invalidates the align stages only; an MLP recipe change also its training, not the ResNet's."""
-    params_path = repo / "params.yaml"
-    original = params_path.read_text()
-    stale = stages_to_run(repo)
-    c2m3 = yaml.safe_load(original)["c2m3"]
+    c2m3 = yaml.safe_load((repo / "params.yaml").read_text())["c2m3"]
     runs = [f"{d}-{a}" for d in c2m3["datasets"] for a in c2m3["archs"]]
-    try:
-        params = yaml.safe_load(original)
+    mlp = {r for r in runs if r.endswith("-mlp")}
+
+    def more_iterations(params: dict) -> None:
         params["c2m3"]["fw_max_iter"] += 1
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert stages_to_run(repo) - stale == {"params", *(f"align@{r}" for r in runs)} - stale
+
+    def longer_mlp_training(params: dict) -> None:
         params["c2m3"]["mlp"]["train"]["epochs"] += 1
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        mlp = {r for r in runs if r.endswith("-mlp")}
-        assert stages_to_run(repo) - stale == ({"params", *(f"align@{r}" for r in runs),
-                                                *(f"align_train@{r}" for r in mlp)} - stale)
-    finally:
-        params_path.write_text(original)
+
+    before, [merging, training] = newly_stale(repo, more_iterations, longer_mlp_training)
+    assert merging == {"params", *(f"align@{r}" for r in runs)} - before
+    assert training == {"params", *(f"align@{r}" for r in runs), *(f"align_train@{r}" for r in mlp)} - before
 
 
 # --- MERGE3: the merge3 stage (docs/search.md, "Pipeline") ---------------------------------------------------------
@@ -410,16 +416,8 @@ def test_report_has_the_merge3_claims_tables_and_figure(repo: Path) -> None:
 
 
 def test_changing_a_merge3_param_invalidates_only_merge3(repo: Path) -> None:
-    params_path = repo / "params.yaml"
-    original = params_path.read_text()
-    stale = stages_to_run(repo)
-    try:
-        params = yaml.safe_load(original)
-        params["merge3"]["anchors_per_task"] = 1
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert stages_to_run(repo) - stale == {"params", "merge3@tiny-clip"} - stale
-    finally:
-        params_path.write_text(original)
+    before, [stale] = newly_stale(repo, lambda params: params["merge3"].update(anchors_per_task=1))
+    assert stale == {"params", "merge3@tiny-clip"} - before
 
 
 # --- faults: kill -9 at chosen points of each stage kind (issue 10, "Also") -----------------------------------------
