@@ -1,10 +1,13 @@
-"""Stage `weave@<model>-<setup>-<method>`: one method in one setup, swept over lam and woven.
+"""Stage `weave@<model>-<method>`: one method in every setup, swept over lam and woven.
 
-Evaluates the data-free baseline (lam = 1), the authors' recommended lam, every lam of the
-search space (per task: the oracle and the paper's Figure 2), and Weight Weaving with every
-pooling and pool_over, with bootstrap intervals over test images of the averages and of each
-woven model's gain over the baseline (`weave.bootstrap`). The woven models chosen by `weave.artifact` are kept under
-`models/woven/<setup>/<method>/<model>/` (one file per scenario, listed in `manifest.json`).
+Per setup (params `setups`), evaluates the data-free baseline (lam = 1), the authors'
+recommended lam, every lam of the search space (per task: the oracle and the paper's Figure 2),
+and Weight Weaving with every pooling and pool_over, with bootstrap intervals over test images
+of the averages and of each woven model's gain over the baseline (`weave.bootstrap`). The woven
+models chosen by `weave.artifact` are kept under `models/woven/<model>/<method>/<setup>/` (one
+file per scenario, listed in `manifest.json`). One process for all setups: the model, the heads
+and the test caches are loaded once (a method's params are shared by its setups, so one stage
+per setup would rerun no less).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 from _common import compute_device, load_tensors, paths, save_weights, stage, stage_params
 
 from weaving_pipeline.checkpoints import pipeline_task_vectors, reference_key_set_padding
-from weaving_pipeline.params import SETUPS, Params
+from weaving_pipeline.params import Params
 
 if TYPE_CHECKING:
     from weaving.metrics import WeaveMetrics
@@ -25,42 +28,63 @@ def scenario_name(scenario) -> str:
     return scenario.tasks[0] if len(scenario.tasks) == 1 else "all"
 
 
-def weave_stage(params: Params, model_name: str, setup: str, method: str) -> WeaveMetrics:
-    """Run the evaluation protocol of `weaving.experiment` and write the stage's outputs."""
+class EvaluationInputs:
+    """The model, heads and test caches of one model, loaded once and shared by every setup."""
+
+    def __init__(self, params: Params, model_name: str) -> None:
+        from weaving.clip import load_pretrained
+
+        self.params, self.model_name = params, model_name
+        self.model = load_pretrained(paths.pretrained(model_name), device=compute_device())
+        self.dataset_of = ({t: t for t in params.suite.mtl}
+                           | {b: params.cl_benchmarks[b].dataset for b in params.suite.cl})
+        self._heads: dict = {}
+        self._caches: dict = {}
+
+    def head(self, task: str):
+        from weaving.io import load_state_dict
+
+        dataset = self.dataset_of[task]
+        if dataset not in self._heads:
+            self._heads[dataset] = load_state_dict(paths.heads(self.model_name, dataset))["weight"]
+        return self._heads[dataset]
+
+    def cache(self, task: str):
+        dataset = self.dataset_of[task]
+        if dataset not in self._caches:
+            self._caches[dataset] = load_tensors(paths.test_cache(self.model_name, dataset))
+        return self._caches[dataset]
+
+
+def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetrics:
+    """Run the evaluation protocol of `weaving.experiment` in one setup and write its outputs."""
     import json
 
     from weaving import METHODS, apply_task_vector
     from weaving.atomic import write_json
-    from weaving.clip import correctness, load_pretrained
+    from weaving.clip import correctness
     from weaving.experiment import build_scenarios, evaluate_method, pad_with_zero_keys
-    from weaving.io import load_state_dict, sha256_file
+    from weaving.io import sha256_file
     from weaving.metrics import WeaveMetrics
 
+    params, model_name, model = inputs.params, inputs.model_name, inputs.model
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
     recommended_lam = params.recommended_lam(method)
-    model = load_pretrained(paths.pretrained(model_name), device=compute_device())
     pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup)
     if params.weave.key_set == "image_encoder" and METHODS[method].model_wide:
         taus = pad_with_zero_keys(taus, reference_key_set_padding(model_name))
     scenarios = build_scenarios(setup, params.suite.mtl, splits)
-
-    dataset_of = {t: t for t in params.suite.mtl} | {b: params.cl_benchmarks[b].dataset for b in params.suite.cl}
-    heads, caches = {}, {}
-    for task in {t for s in scenarios for t in s.tasks}:
-        heads[task] = load_state_dict(paths.heads(model_name, dataset_of[task]))["weight"]
-        cache_file = paths.test_cache(model_name, dataset_of[task])
-        caches[task] = load_tensors(cache_file)
 
     def image_encoder_part(task_vector):
         return {key: value for key, value in task_vector.items() if key in pretrained}
 
     def correct(merged_task_vector, task):
         visual = apply_task_vector(pretrained, image_encoder_part(merged_task_vector))
-        return correctness(model, visual, heads[task], caches[task], batch_size=params.eval.batch_size)
+        return correctness(model, visual, inputs.head(task), inputs.cache(task), batch_size=params.eval.batch_size)
 
     artifact = params.weave.artifact
-    woven_dir = paths.woven(setup, method, model_name)
+    woven_dir = paths.woven(model_name, method, setup)
     woven_dir.mkdir(parents=True, exist_ok=True)
     kept: dict[str, str] = {}
     input_hashes: dict[str, str] = {}
@@ -87,18 +111,20 @@ def weave_stage(params: Params, model_name: str, setup: str, method: str) -> Wea
                                              "kept": kept})
     metrics = WeaveMetrics(model=model_name, setup=setup, method=method, hparams=dict(spec.hparams),
                            lambdas=lambdas, recommended_lam=recommended_lam, baseline_lam=1.0, **result)
-    metrics.write(paths.weave_metrics(model_name, setup, method))
+    metrics.write(paths.weave_metrics(model_name, method, setup))
     return metrics
 
 
 def main() -> None:
-    params, (model_name, setup, method) = stage_params(
-        {"model": lambda p: p.models, "setup": list(SETUPS), "method": lambda p: p.methods})
-    name = f"weave@{model_name}-{setup}-{method}"
+    params, (model_name, method) = stage_params({"model": lambda p: p.models, "method": lambda p: p.methods})
+    name = f"weave@{model_name}-{method}"
     with stage(name, threads=params.threads):
-        metrics = weave_stage(params, model_name, setup, method)
-        woven = metrics.weaving_avg("avg", "all") if "all" in metrics.weaving.get("avg", {}) else float("nan")
-        print(f"[{name}] baseline {metrics.baseline_avg:.2f}% -> woven {woven:.2f}% (avg pooling over A*)")
+        inputs = EvaluationInputs(params, model_name)
+        for setup in params.setups:
+            metrics = weave_setup(inputs, setup, method)
+            woven = metrics.weaving_avg("avg", "all") if "all" in metrics.weaving.get("avg", {}) else float("nan")
+            print(f"[{name}] {setup}: baseline {metrics.baseline_avg:.2f}% -> woven {woven:.2f}% "
+                  f"(avg pooling over A*)")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class SyntheticRun:
     def write(self, root: Path) -> Path:
         """Write every file under `root` (the `metrics/` folder) and return `root`."""
         for (model, setup, method), record in self.weave.items():
-            path = root / model / "weave" / setup / f"{method}.json"
+            path = root / model / "weave" / method / f"{setup}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1))
         for model, record in self.reference.items():

@@ -406,9 +406,9 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
     monkeypatch.setattr(weaving.io, "sha256_file", lambda path: "0" * 64)
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: {})
     monkeypatch.chdir(tmp_path)
-    returned = stage.weave_stage(params, "tiny-clip", "dg", "ties")
+    returned = stage.weave_setup(stage.EvaluationInputs(params, "tiny-clip"), "dg", "ties")
 
-    record = WeaveMetrics.read(tmp_path / "metrics" / "tiny-clip" / "weave" / "dg" / "ties.json")
+    record = WeaveMetrics.read(tmp_path / "metrics" / "tiny-clip" / "weave" / "ties" / "dg.json")
     assert record == returned
     assert record.tasks == list(params.suite.mtl)
     assert record.lambdas == params.search_space("ties", "dg")

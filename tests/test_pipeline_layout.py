@@ -49,9 +49,12 @@ def test_the_closure_follows_lazy_exports_and_the_method_registry() -> None:
     assert "weaving/report/tables.py" not in reached
 
 
-def test_there_is_one_weave_stage_over_models_setups_and_methods() -> None:
+def test_there_is_one_weave_stage_over_models_and_methods_running_every_setup() -> None:
+    """A method's params are shared by its setups (one `method_params.<method>` dependency), so a stage
+    per setup would rerun no less; one process per method loads the model and test caches once."""
     weave = DVC["stages"]["weave"]
-    assert set(weave["matrix"]) == {"model", "setup", "method"}
+    assert set(weave["matrix"]) == {"model", "method"}
+    assert "setups" in weave["params"]
     assert not [name for name in DVC["stages"] if name.startswith("weave_")]
     assert list(DVC["artifacts"]) == ["woven"]
 
@@ -63,8 +66,8 @@ LAYOUT = [
     ("models/${item}/heads", paths.heads("M")),
     ("models/${item.model}/finetuned/${item.task}.safetensors", paths.finetuned("M", "T")),
     ("models/${item.model}/sequential/${item.benchmark}", paths.sequential("M", "B")),
-    ("models/woven/${item.setup}/${item.method}/${item.model}", paths.woven("S", "X", "M")),
-    ("metrics/${item.model}/weave/${item.setup}/${item.method}.json", paths.weave_metrics("M", "S", "X")),
+    ("models/woven/${item.model}/${item.method}", paths.woven("M", "X")),
+    ("metrics/${item.model}/weave/${item.method}", paths.weave_metrics("M", "X")),
     ("metrics/${item}/zeroshot.json", paths.metrics("M", "zeroshot.json")),
     ("metrics/${item}/pretrain.json", paths.metrics("M", "pretrain.json")),
     ("metrics/${item.model}/finetune/${item.task}.json", paths.metrics("M", "finetune", "T.json")),

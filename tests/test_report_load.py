@@ -41,7 +41,7 @@ def test_lists_are_put_in_canonical_order(tmp_path, synthetic):
 
 def test_missing_file_is_named(tmp_path, synthetic):
     root = synthetic.write(tmp_path)
-    missing = root / "tiny-clip" / "weave" / "cl" / "magmax.json"
+    missing = root / "tiny-clip" / "weave" / "magmax" / "cl.json"
     missing.unlink()
     with pytest.raises(MetricsError) as error:
         _load(root)
@@ -49,7 +49,7 @@ def test_missing_file_is_named(tmp_path, synthetic):
 
 
 def _rewrite(root, setup, method, edit):
-    path = root / "tiny-clip" / "weave" / setup / f"{method}.json"
+    path = root / "tiny-clip" / "weave" / method / f"{setup}.json"
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))

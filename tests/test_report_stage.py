@@ -96,11 +96,11 @@ def test_rerun_is_byte_identical_and_removes_stale_files(tmp_path):
 
 def test_missing_file_fails_before_writing(metrics, tmp_path, capsys):
     broken = make_run(models=MODELS, methods=METHODS).write(tmp_path / "metrics")
-    (broken / "ViT-B-32" / "weave" / "dg" / "iso_c.json").unlink()
+    (broken / "ViT-B-32" / "weave" / "iso_c" / "dg.json").unlink()
     out = tmp_path / "reports"
     assert report_stage.main(argv(broken, out)) == 1
     err = capsys.readouterr().err
-    assert "error: report:" in err and "ViT-B-32/weave/dg/iso_c.json: file is missing" in err
+    assert "error: report:" in err and "ViT-B-32/weave/iso_c/dg.json: file is missing" in err
     assert not out.exists()
 
 

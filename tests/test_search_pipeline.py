@@ -222,8 +222,8 @@ def write_run(folder: Path, merge3: dict | None, weave: dict | None = None) -> P
     if merge3 is not None:
         (model / "search" / "merge3.json").write_text(json.dumps(merge3))
     if weave is not None:
-        (model / "weave" / "mtl").mkdir(parents=True, exist_ok=True)
-        (model / "weave" / "mtl" / "task_arithmetic.json").write_text(json.dumps(weave))
+        (model / "weave" / "task_arithmetic").mkdir(parents=True, exist_ok=True)
+        (model / "weave" / "task_arithmetic" / "mtl.json").write_text(json.dumps(weave))
     return folder
 
 

@@ -200,8 +200,8 @@ class WeaveMetrics(_Record):
     pool_over are registered names.
     """
 
-    layout: ClassVar[str] = "metrics/<model>/weave/<setup>/<method>.json"
-    writer: ClassVar[tuple[str, str]] = ("weave@<model>-<setup>-<method>", "stages/weave.py")
+    layout: ClassVar[str] = "metrics/<model>/weave/<method>/<setup>.json"
+    writer: ClassVar[tuple[str, str]] = ("weave@<model>-<method>", "stages/weave.py")
 
     model: Name = Field(description="the model (params `models`); the file's path names it too")
     setup: Name = Field(description="the setup (`mtl`, `cl`, `dg`: `weaving.catalogue.SETUP_ENTRIES`)")

@@ -56,9 +56,11 @@ def sequential(model: str, benchmark: str | None = None, split: int | None = Non
     return folder if split is None else folder / f"split_{split}.safetensors"
 
 
-def woven(setup: str, method: str, model: str) -> Path:
-    """`models/woven/<setup>/<method>/<model>/`: the woven models a weave stage keeps."""
-    return Path("models/woven") / setup / method / model
+def woven(model: str, method: str, setup: str | None = None) -> Path:
+    """`models/woven/<model>/<method>/[<setup>/]`: the woven models a weave stage keeps (its out
+    is the method's folder, one subfolder per setup)."""
+    folder = Path("models/woven") / model / method
+    return folder if setup is None else folder / setup
 
 
 def metrics(model: str, *parts: str) -> Path:
@@ -66,9 +68,10 @@ def metrics(model: str, *parts: str) -> Path:
     return Path("metrics") / model / Path(*parts) if parts else Path("metrics") / model
 
 
-def weave_metrics(model: str, setup: str, method: str) -> Path:
-    """`metrics/<model>/weave/<setup>/<method>.json`."""
-    return metrics(model, "weave", setup, f"{method}.json")
+def weave_metrics(model: str, method: str, setup: str | None = None) -> Path:
+    """`metrics/<model>/weave/<method>/[<setup>.json]`: a weave stage's folder (its out), or one setup's file."""
+    folder = metrics(model, "weave", method)
+    return folder if setup is None else folder / f"{setup}.json"
 
 
 def resume(model: str, *parts: str) -> Path:

@@ -59,7 +59,7 @@ class RunMetrics:
 
 
 def weave_path(metrics_dir: Path, model: str, setup: str, method: str) -> Path:
-    return metrics_dir / model / "weave" / setup / f"{method}.json"
+    return metrics_dir / model / "weave" / method / f"{setup}.json"
 
 
 class _Problems:

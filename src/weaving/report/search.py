@@ -1,7 +1,7 @@
 """The report's MERGE3 section: evolutionary merging with IRT-estimated fitness (docs/search.md, "Pipeline").
 
 Reads `metrics/<model>/search/merge3.json` (`weaving.metrics_search`) and, beside it, the weave stage's
-Task Arithmetic record of the multi-task setup (`metrics/<model>/weave/mtl/task_arithmetic.json`: the
+Task Arithmetic record of the multi-task setup (`metrics/<model>/weave/task_arithmetic/mtl.json`: the
 recommended lam, the sweep over lam on test, Weight Weaving), the zero-shot and fine-tuned test
 accuracies; a model without merge3.json is left out (the section says which), and with none the
 claims are "not testable". Tables: the final test accuracy of each search against full-data
@@ -70,8 +70,8 @@ def _read(metrics_dir: Path, models: list[str]) -> tuple[dict, dict, dict, dict]
         if not (folder / "search" / "merge3.json").is_file():
             continue
         merge3[model] = Merge3Metrics.read(folder / "search" / "merge3.json")
-        if (folder / "weave" / "mtl" / "task_arithmetic.json").is_file():
-            weave[model] = WeaveMetrics.read(folder / "weave" / "mtl" / "task_arithmetic.json")
+        if (folder / "weave" / "task_arithmetic" / "mtl.json").is_file():
+            weave[model] = WeaveMetrics.read(folder / "weave" / "task_arithmetic" / "mtl.json")
         if (folder / "zeroshot.json").is_file():
             zeroshot[model] = ZeroshotMetrics.read(folder / "zeroshot.json").root
         finetuned[model] = {t: FinetuneMetrics.read(folder / "finetune" / f"{t}.json").accuracy
