@@ -2,8 +2,9 @@
 
 Per setup (params `setups`), evaluates the data-free baseline (lam = 1), the authors'
 recommended lam, every lam of the search space (per task: the oracle and the paper's Figure 2),
-and Weight Weaving with every pooling and pool_over, with bootstrap intervals over test images
-of the averages and of each woven model's gain over the baseline (`weave.bootstrap`). The woven
+and Weight Weaving with every pooling and pool_over, and beyond lam (the method's
+`space` axes; `weave.method_poolings`), with bootstrap intervals over test images of the
+averages and of each woven model's gain over the baseline (`weave.bootstrap`). The woven
 models chosen by `weave.artifact` are kept under `models/woven/<model>/<method>/<setup>/` (one
 file per scenario, listed in `manifest.json`). One process for all setups: the model, the heads
 and the test caches are loaded once (a method's params are shared by its setups, so one stage
@@ -105,7 +106,8 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
     result = evaluate_method(
         method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=recommended_lam,
         poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed,
-        evaluate=correct, on_woven=keep_artifact, progress=True, bootstrap=params.weave.bootstrap.model_dump())
+        evaluate=correct, on_woven=keep_artifact, progress=True, bootstrap=params.weave.bootstrap.model_dump(),
+        space=spec.space, method_poolings=params.weave.method_poolings)
     write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
                                              "pooling": artifact.pooling, "pool_over": artifact.pool_over,
                                              "kept": kept})

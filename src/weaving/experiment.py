@@ -104,6 +104,8 @@ def evaluate_method(
     on_woven: Callable[[Scenario, str, str, TaskVector], None] | None = None,
     progress: bool = False,
     bootstrap: Mapping[str, float | int] | None = None,
+    space: Mapping[str, Sequence[object]] | None = None,
+    method_poolings: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict:
     """Accuracy of ``method`` at every lam, at the baseline and recommended lam, and woven.
 
@@ -119,6 +121,15 @@ def evaluate_method(
     ``seed``: `weaving.stats`) the result also holds ``intervals``: the baseline's and each woven
     model's task-averaged accuracy and the gain of each woven model over the baseline (paired,
     the same images), each as ``{"estimate", "low", "high"}``.
+
+    Weight Weaving beyond lam (``docs/merging.md``; avg pooling over A* unless the pooling is a
+    method): with ``space`` (hyper-parameter axes, e.g. ``{"density": [0.1, 0.2, 0.3]}``), the weave
+    over lam x those axes, named ``lam_x_<axis>[_x_<axis>...]``; with ``method_poolings`` (method ->
+    its hyper-parameters), the weave over lam pooled by each method, named ``<method>_pooling``.
+    Their accuracies go to ``extensions[name]`` (with ``space``, ``pooling``, ``pooling_params``
+    and per-task ``accuracy``) and, with ``bootstrap``, their intervals (the task average, the
+    gain over the baseline and over Weight Weaving over lam only, avg over A*) to
+    ``intervals["extensions"][name]``.
     """
     from tqdm.auto import tqdm
 
@@ -127,7 +138,8 @@ def evaluate_method(
     lambdas = [float(x) for x in lambdas]
     extra = [lam for lam in (baseline_lam, recommended_lam) if _index_of(lam, lambdas) is None]
     points = lambdas + sorted(set(extra))
-    total = sum(len(s.tasks) * (len(points) + len(poolings) * len(pool_over)) for s in scenarios)
+    extensions = weave_extensions(space, method_poolings)
+    total = sum(len(s.tasks) * (len(points) + len(poolings) * len(pool_over) + len(extensions)) for s in scenarios)
     bar = tqdm(total=total, desc=f"evaluate {method}", unit="eval", disable=not progress, leave=False)
 
     tasks = [t for s in scenarios for t in s.tasks]
@@ -138,6 +150,8 @@ def evaluate_method(
         "sweep": {t: [math.nan] * len(lambdas) for t in tasks},
         "weaving": {p: {o: {} for o in pool_over} for p in poolings},
     }
+    if extensions:
+        result["extensions"] = {name: {**spec, "accuracy": {}} for name, spec in extensions.items()}
     linear = METHODS[method].linear_in_lam
     correct: dict[tuple, dict[str, Tensor]] = {}
 
@@ -177,15 +191,51 @@ def evaluate_method(
                 for task in scenario.tasks:
                     result["weaving"][pooling][over][task] = score(woven, task, ("weaving", pooling, over))
                     bar.update()
+        for name, spec in extensions.items():
+            woven = _weave_extension(method, hparams, taus, merged if linear else None, lambdas, spec, seed)
+            for task in scenario.tasks:
+                result["extensions"][name]["accuracy"][task] = score(woven, task, ("extension", name))
+                bar.update()
     bar.close()
     if bootstrap is not None and ("baseline",) in correct:
-        result["intervals"] = _intervals(correct, poolings, pool_over, bootstrap)
+        result["intervals"] = _intervals(correct, poolings, pool_over, bootstrap, list(extensions))
     return result
 
 
+def weave_extensions(space: Mapping[str, Sequence[object]] | None,
+                     method_poolings: Mapping[str, Mapping[str, object]] | None) -> dict[str, dict]:
+    """The woven variants beyond lam by name: ``lam_x_<axes>`` (avg over A* of lam x ``space``) and
+    ``<method>_pooling`` (the weave over lam pooled by ``method`` at its hyper-parameters)."""
+    variants: dict[str, dict] = {}
+    if space:
+        variants["lam_x_" + "_x_".join(space)] = {"space": {k: list(v) for k, v in space.items()}, "pooling": "avg",
+                                                "pooling_params": {}}
+    for pooling, params in (method_poolings or {}).items():
+        variants[f"{pooling}_pooling"] = {"space": {}, "pooling": pooling, "pooling_params": dict(params)}
+    return variants
+
+
+def _weave_extension(method: str, hparams: Mapping[str, object], taus: Sequence[TaskVector],
+                     merged: TaskVector | None, lambdas: Sequence[float], spec: Mapping, seed: int) -> TaskVector:
+    """One variant of `weave_extensions` over A* (`pool_over="all"`); `merged` (the method at lam 1)
+    reuses the lam-only merge when the method is linear in lam and no axis is swept."""
+    from weaving import weave, weave_from_merged
+
+    if spec["space"]:
+        fixed = {k: v for k, v in hparams.items() if k not in spec["space"]}
+        return weave(method, taus, space={"lam": list(lambdas), **spec["space"]}, pooling=spec["pooling"],
+                     pool_over="all", seed=seed, pooling_params=spec["pooling_params"] or None, **fixed)
+    if merged is not None:
+        return weave_from_merged(taus, merged, lambdas=lambdas, pooling=spec["pooling"], pool_over="all", seed=seed,
+                                 pooling_params=spec["pooling_params"])
+    return weave(method, taus, lambdas, spec["pooling"], "all", seed, pooling_params=spec["pooling_params"],
+                 **hparams)
+
+
 def _intervals(correct: Mapping[tuple, Mapping[str, Tensor]], poolings: Sequence[str], pool_over: Sequence[str],
-               bootstrap: Mapping[str, float | int]) -> dict:
-    """Bootstrap intervals of the baseline, each woven model and each gain (`weaving.stats`)."""
+               bootstrap: Mapping[str, float | int], extensions: Sequence[str] = ()) -> dict:
+    """Bootstrap intervals of the baseline, each woven model and each gain (`weaving.stats`); of each
+    extension's average, its gain over the baseline and over Weight Weaving avg over A*."""
     from dataclasses import asdict
 
     from weaving.stats import mean_accuracy_interval, paired_difference_interval
@@ -202,6 +252,14 @@ def _intervals(correct: Mapping[tuple, Mapping[str, Tensor]], poolings: Sequence
             intervals["weaving"].setdefault(pooling, {})[over] = asdict(mean_accuracy_interval(woven, **options))
             intervals["gain"].setdefault(pooling, {})[over] = asdict(
                 paired_difference_interval(baseline, woven, **options))
+    lam_only = as_numpy.get(("weaving", "avg", "all"))
+    for name in extensions:
+        variant = as_numpy[("extension", name)]
+        intervals.setdefault("extensions", {})[name] = {
+            "accuracy": asdict(mean_accuracy_interval(variant, **options)),
+            "gain": asdict(paired_difference_interval(baseline, variant, **options)),
+            "gain_over_lam_only": (asdict(paired_difference_interval(lam_only, variant, **options))
+                                   if lam_only is not None else None)}
     return intervals
 
 

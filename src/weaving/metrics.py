@@ -169,6 +169,32 @@ class BootstrapInterval(BaseModel):
         return self
 
 
+class ExtensionIntervals(BaseModel):
+    """Bootstrap intervals of one woven variant beyond lam (`WeaveExtension`), paired over the same test images."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accuracy: BootstrapInterval = Field(description="the variant's task-averaged accuracy")
+    gain: BootstrapInterval = Field(description="the variant minus the baseline, percentage points")
+    gain_over_lam_only: BootstrapInterval | None = Field(
+        description="the variant minus Weight Weaving over lam only (avg over A*), percentage points; null when "
+        "that weave was not run")
+
+
+class WeaveExtension(BaseModel):
+    """Weight Weaving beyond lam (docs/merging.md): a weave over lam x the method's hyper-parameter axes
+    `space` (avg pooling), or over lam with a merge method as the pooling, both over A*."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: dict[str, list[HParamValue]] = Field(description="the hyper-parameter axes swept with lam (empty: lam only)",
+                                                json_schema_extra=_keys("hparam"))
+    pooling: Name = Field(description="the pooling: `avg`, or the merge method used as the pooling")
+    pooling_params: dict[str, HParamValue] = Field(description="the pooling method's hyper-parameters",
+                                                   json_schema_extra=_keys("hparam"))
+    accuracy: PerTask = Field(description="accuracy of the woven model, per task", json_schema_extra=_keys("task"))
+
+
 class WeaveIntervals(BaseModel):
     """Bootstrap intervals of one weave stage's averages: the baseline, each woven model, and each woven
     model's gain over the baseline, paired over the same test images (`weaving.stats`)."""
@@ -185,6 +211,9 @@ class WeaveIntervals(BaseModel):
     gain: dict[str, dict[str, BootstrapInterval]] = Field(
         description="`gain[pooling][pool_over]`: woven minus baseline, percentage points",
         json_schema_extra=_keys("pooling", "pool_over"))
+    extensions: dict[str, ExtensionIntervals] | None = Field(
+        default=None, description="per variant of `WeaveMetrics.extensions`, its intervals (absent without variants)",
+        json_schema_extra=_keys("variant"))
 
 
 class WeaveMetrics(_Record):
@@ -223,6 +252,10 @@ class WeaveMetrics(_Record):
         json_schema_extra=_keys("pooling", "pool_over", "task"))
     intervals: WeaveIntervals | None = Field(
         default=None, description="bootstrap intervals of the averages (absent when not computed)")
+    extensions: dict[str, WeaveExtension] | None = Field(
+        default=None, description="Weight Weaving beyond lam, by variant: `lam_x_<axes>` (lam x the method's "
+        "params `space`) and `<method>_pooling` (params `weave.method_poolings`); absent when none ran",
+        json_schema_extra=_keys("variant"))
 
     @model_validator(mode="after")
     def _consistent(self) -> WeaveMetrics:
@@ -243,7 +276,13 @@ class WeaveMetrics(_Record):
             for pool_over, per_task in by_pool_over.items():
                 if pooling in POOLING_ENTRIES and pool_over in POOL_OVER:
                     problems.covers(("weaving", pooling, pool_over), per_task, self.tasks)
+        for name, variant in (self.extensions or {}).items():
+            problems.covers(("extensions", name, "accuracy"), variant.accuracy, self.tasks)
         if self.intervals is not None:
+            variants = sorted(self.extensions or {})
+            if sorted(self.intervals.extensions or {}) != variants:
+                problems.add(("intervals", "extensions"), f"must cover the variants of 'extensions' {variants}, "
+                                                          f"got {sorted(self.intervals.extensions or {})}")
             woven = {(p, o) for p, by_over in self.weaving.items() for o in by_over}
             for part in ("weaving", "gain"):
                 have = {(p, o) for p, by_over in getattr(self.intervals, part).items() for o in by_over}
@@ -256,9 +295,16 @@ class WeaveMetrics(_Record):
     def to_json_data(self) -> Any:
         """The JSON document; `intervals` left out when absent (files written before it existed read back the same)."""
         data = super().to_json_data()
-        if data.get("intervals") is None:
-            data.pop("intervals", None)
+        for optional in ("intervals", "extensions"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
+        if data.get("intervals") is not None and data["intervals"].get("extensions") is None:
+            data["intervals"].pop("extensions", None)
         return data
+
+    def extension_avg(self, name: str) -> float:
+        """Task-averaged accuracy of the variant `name` of `extensions`."""
+        return self.mean((self.extensions or {})[name].accuracy)
 
     def mean(self, per_task: dict[str, float]) -> float:
         """Mean over `tasks` of a per-task accuracy mapping."""

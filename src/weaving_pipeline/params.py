@@ -115,6 +115,10 @@ class MethodParams(_Strict):
     recommended_lam: float | None = Field(
         default=None, description="the authors' recommended lam; default: the method's catalogue entry")
     search_space: dict[str, list[float]]
+    space: dict[str, list[float | int | bool]] = Field(
+        default_factory=dict, description="hyper-parameter axes woven together with lam in every setup, e.g. "
+        "{density: [0.1, 0.2, 0.3]} (docs/merging.md, 'Search spaces over hyper-parameters'); the report compares "
+        "this weave with the one over lam only")
 
     @field_validator("search_space")
     @classmethod
@@ -161,6 +165,10 @@ class WeaveParams(_Strict):
         default="visual", description="what model-wide methods (TIES, PCB) flatten over: the image encoder's keys, "
         "or the Weight Weaving authors' ImageEncoder set (plus the frozen text-side keys with zero deltas)")
     bootstrap: BootstrapParams = BootstrapParams()
+    method_poolings: dict[str, dict[str, float | int | bool]] = Field(
+        default_factory=dict, description="merge methods used as the pooling function, at their hyper-parameters, "
+        "e.g. {ties: {density: 0.2}, tsv: {}}: each method's members over A* merged by them at lam 1 "
+        "(docs/merging.md, 'Merge methods as poolings')")
 
 
 class Params(_Strict):
@@ -231,6 +239,11 @@ class Params(_Strict):
                     parse_search_space(space)
                 except ValueError as error:
                     raise ValueError(f"method_params.{name}.search_space.{setup}: {error}") from None
+            if spec.space:
+                _check_weave(f"method_params.{name}.space", name, space=spec.space, hparams={
+                    key: value for key, value in spec.hparams.items() if key not in spec.space})
+        for name, pooling_params in self.weave.method_poolings.items():
+            _check_weave(f"weave.method_poolings.{name}", None, pooling=name, pooling_params=pooling_params)
 
     def recommended_lam(self, method: str) -> float:
         """The method's recommended lam: from params when given, else from its catalogue entry."""
@@ -241,6 +254,17 @@ class Params(_Strict):
         from weaving import parse_search_space
 
         return parse_search_space(self.method_params[method].search_space[setup])
+
+
+def _check_weave(where: str, method: str | None, **request: object) -> None:
+    """The library's own validation of a weave request (`weaving.request.validate_request`), its error
+    prefixed with the params key."""
+    from weaving.request import validate_request
+
+    try:
+        validate_request(method, lambdas=[1.0], **{"pooling": "avg", **request})
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _require_subset(what: str, names, where: str, valid) -> None:

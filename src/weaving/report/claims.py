@@ -240,8 +240,10 @@ def claim_pool_over(run: RunMetrics) -> Claim:
 
 
 def check_claims(run: RunMetrics) -> list[Claim]:
+    from weaving.report.beyond import claim_beyond_lam
+
     return [claim_beats_baseline(run), claim_gains_by_setup(run), claim_poolings(run),
-            claim_best_lambda_spread(run), claim_pool_over(run)]
+            claim_best_lambda_spread(run), claim_pool_over(run), claim_beyond_lam(run)]
 
 
 def _rounded(obj: Any) -> Any:

@@ -28,6 +28,10 @@ def method_numbers(r: WeaveMetrics, poolings: list[str], pool_overs: list[str]) 
     numbers["oracle_single"] = single
     numbers["oracle_single_lam"] = lam
     numbers["oracle_per_task"] = fmean(r.oracle_per_task().values())
+    for name in r.extensions or {}:
+        numbers[f"beyond_{name}"] = r.extension_avg(name)
+        if "weaving_avg_all" in numbers:
+            numbers[f"beyond_{name}_gain_over_lam_only"] = numbers[f"beyond_{name}"] - numbers["weaving_avg_all"]
     if r.intervals is not None and "avg" in r.intervals.weaving and "all" in r.intervals.weaving["avg"]:
         for key, interval in (("baseline_ci", r.intervals.baseline), ("weaving_avg_all_ci", r.intervals.weaving["avg"]["all"]),
                               ("gain_ci", r.intervals.gain["avg"]["all"])):

@@ -342,6 +342,7 @@ def intervals_table(run: RunMetrics) -> Table | None:
 
 
 def all_tables(run: RunMetrics) -> list[Table]:
-    intervals = intervals_table(run)
-    return [table1(run), table2(run), table3(run), oracle_table(run), *([intervals] if intervals else []),
-            *per_dataset_tables(run)]
+    from weaving.report.beyond import beyond_lam_table
+
+    optional = [t for t in (intervals_table(run), beyond_lam_table(run)) if t is not None]
+    return [table1(run), table2(run), table3(run), oracle_table(run), *optional, *per_dataset_tables(run)]
