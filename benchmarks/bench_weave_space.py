@@ -3,9 +3,11 @@
 Task vectors have the shapes of open_clip ViT-B-32's image encoder (87.8M parameters, float32;
 ``--quick``: a 4-layer width-128 ViT), built as in ``bench_merge.py`` (T seeded perturbations of
 random pretrained weights). Each case runs in a fresh subprocess that times ``--repeats`` calls
-(the fastest is reported) and measures peak memory as ``bench_merge.py`` does (peak resident set
-during the calls, ``VmHWM`` after ``/proc/self/clear_refs``, minus the resident set before; workers
-run with ``MALLOC_MMAP_THRESHOLD_=1048576`` and one torch thread).
+per K, the Ks interleaved (K=10, K=40, K=10, ...: both see the same load on a shared machine;
+the fastest call is reported), and measures each call's peak memory as ``bench_merge.py`` does
+(peak resident set during the call, ``VmHWM`` after ``/proc/self/clear_refs``, minus the resident
+set just before; the largest over the repeats is reported; workers run with
+``MALLOC_MMAP_THRESHOLD_=1048576`` and one torch thread).
 
 Cases (``--cases``):
 
@@ -58,8 +60,9 @@ def call_of(case: str, k: int):
     return lambda taus: weave("task_arithmetic", taus, lambdas=lams(k), pooling=pooling, pool_over="all", seed=0)
 
 
-def worker(args: argparse.Namespace) -> dict[str, object]:
-    """One measurement, in this (fresh) process."""
+def worker(args: argparse.Namespace) -> list[dict[str, object]]:
+    """The measurements of one case at every K, in this (fresh) process, the Ks interleaved:
+    K_1, K_2, K_1, K_2, ... so that both see the same load on a shared machine."""
     import torch
 
     from weaving import task_vectors
@@ -76,39 +79,46 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
             tau.update(one_key)
     del pretrained, finetuned
     gc.collect()
-    call = call_of(args.case, args.k)
+    calls = {k: call_of(args.case, k) for k in args.ks}
     warmup = [{k: (v if v.ndim == 0 else v[:2]).clone() for k, v in list(tau.items())[:4]} for tau in taus]
-    call(warmup)  # first-call costs (lazy imports, kernels)
+    for call in calls.values():
+        call(warmup)  # first-call costs (lazy imports, kernels)
     del warmup
     gc.collect()
-    baseline_kib = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset VmHWM to the current resident set
-    walls = []
+    walls: dict[int, list[float]] = {k: [] for k in args.ks}
+    peaks: dict[int, list[float]] = {k: [] for k in args.ks}
+    baselines: dict[int, list[float]] = {k: [] for k in args.ks}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        result = call(taus)
-        walls.append(time.perf_counter() - start)
-        del result
-    peak_kib = _status_kib("VmHWM")
-    return {
-        "case": args.case, "k": args.k, "tasks": args.tasks, "wall_s": round(min(walls), 3),
-        "wall_s_all": [round(w, 3) for w in walls],
-        "peak_delta_mib": round((peak_kib - baseline_kib) / 1024, 1),
-        "baseline_mib": round(baseline_kib / 1024, 1),
-        "task_vector_mib": round(sum(t.numel() * t.element_size() for tau in taus for t in tau.values()) / 2**20, 1),
-    }
+        for k, call in calls.items():
+            gc.collect()
+            baseline_kib = _status_kib("VmRSS")
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # reset VmHWM to the current resident set
+            start = time.perf_counter()
+            result = call(taus)
+            walls[k].append(time.perf_counter() - start)
+            peaks[k].append((_status_kib("VmHWM") - baseline_kib) / 1024)
+            baselines[k].append(baseline_kib / 1024)
+            del result
+    tau_mib = round(sum(t.numel() * t.element_size() for tau in taus for t in tau.values()) / 2**20, 1)
+    return [{
+        "case": args.case, "k": k, "tasks": args.tasks, "wall_s": round(min(walls[k]), 3),
+        "wall_s_all": [round(w, 3) for w in walls[k]],
+        "peak_delta_mib": round(max(peaks[k]), 1), "peak_delta_mib_all": [round(m, 1) for m in peaks[k]],
+        "baseline_mib": round(min(baselines[k]), 1), "task_vector_mib": tau_mib,
+    } for k in args.ks]
 
 
-def measure(shapes_path: Path, case: str, k: int, args: argparse.Namespace) -> dict[str, object]:
+def measure(shapes_path: Path, case: str, args: argparse.Namespace) -> list[dict[str, object]]:
     command = [sys.executable, __file__, "--worker", "--shapes", str(shapes_path), "--case", case,
-               "--k", str(k), "--tasks", str(args.tasks), "--seed", str(args.seed), "--repeats", str(args.repeats)]
+               "--ks", *map(str, args.ks), "--tasks", str(args.tasks), "--seed", str(args.seed),
+               "--repeats", str(args.repeats)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"case": case, "k": k, "error": tail, "returncode": done.returncode}
+        return [{"case": case, "k": k, "error": tail, "returncode": done.returncode} for k in args.ks]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -145,7 +155,6 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shapes", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -154,11 +163,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         shapes_path = Path(scratch) / "shapes.json"
         shapes_path.write_text(json.dumps(model_shapes(args.quick)))
-        plan = [(case, k) for case in args.cases for k in args.ks]  # a case's Ks back to back: similar load
-        for i, (case, k) in enumerate(plan, start=1):
-            result = measure(shapes_path, case, k, args)
-            results.append(result)
-            print(f"[{i}/{len(plan)}] {json.dumps(result)}", file=sys.stderr, flush=True)
+        for i, case in enumerate(args.cases, start=1):
+            measured = measure(shapes_path, case, args)
+            results.extend(measured)
+            print(f"[{i}/{len(args.cases)}] {json.dumps(measured)}", file=sys.stderr, flush=True)
     table = markdown(results, args.ks)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
