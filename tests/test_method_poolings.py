@@ -149,7 +149,7 @@ def test_dare_as_pooling_takes_a_seed_of_its_own() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"pooling": "nope"}, r"unknown pooling 'nope': neither a pooling \(avg, magmax, random\) nor a merge method"),
+    ({"pooling": "nope"}, r"unknown pooling 'nope'; valid: avg, magmax, random, or a merge method as the pooling: breadcrumbs, "),
     ({"pooling": "ties", "pooling_params": {"density": 2.0}},
      r"pooling_params \(pooling 'ties'\): method 'ties': hyper-parameter 'density' must be in \(0, 1\], got 2.0"),
     ({"pooling": "ties", "pooling_params": {"rank": 2}},
@@ -213,7 +213,7 @@ def test_cli_pooling_by_a_method_equals_the_library_and_round_trips(files, tmp_p
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--pooling", "nope"], r"unknown --pooling 'nope': neither a pooling"),
+    (["--pooling", "nope"], r"unknown pooling 'nope'; valid: avg, magmax, random, or a merge method"),
     (["--pooling", "ties", "--pooling-set", "density=2"],
      r"--pooling-set \(--pooling 'ties'\): method 'ties': hyper-parameter 'density' must be in \(0, 1\], got 2"),
     (["--pooling", "ties", "--pooling-set", "density"], r"--pooling-set expects KEY=VALUE"),

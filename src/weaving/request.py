@@ -211,8 +211,8 @@ def resolve_pooling(
                              "(only a merge method as the pooling has hyper-parameters)")
         return POOLINGS[pooling]
     if not isinstance(pooling, str) or pooling not in METHODS:
-        raise ParamError(f"unknown {wording.name('pooling')} {pooling!r}: neither a pooling ({choices(POOLINGS)}) "
-                         f"nor a merge method ({choices(METHODS)})")
+        raise ParamError(f"unknown pooling {pooling!r}; valid: {choices(POOLINGS)}, or a merge method as the "
+                         f"pooling: {choices(METHODS)}")
     method = METHODS[pooling]
     if "seed" in method.defaults:
         given.setdefault("seed", derive_seed("pooling", method.name, seed))
