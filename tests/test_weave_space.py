@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from weave_strategies import small_models
+from weave_strategies import grids, small_models
 
 from weaving import METHODS, POOLINGS, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.methods.base import ModelWideMethod, PerTensorMethod
@@ -26,25 +26,6 @@ from weaving.poolings import member_draws
 from weaving.request import validate_request
 
 LAMBDAS = st.lists(st.floats(-2.0, 2.5).map(lambda x: round(x, 2)), min_size=1, max_size=3)
-
-AXES: dict[str, dict[str, list[object]]] = {
-    "ties": {"density": [0.1, 0.3, 0.5, 1.0]},
-    "dare": {"p": [0.0, 0.3, 0.6], "seed": [0, 1]},
-    "breadcrumbs": {"beta": [0.2, 0.5, 0.9], "gamma": [0.0, 0.1]},
-    "pcb": {"ratio": [0.05, 0.3, 0.8], "summed_inter": [False, True]},
-}
-"""Values each method's axes may take in the tests (methods without hyper-parameters sweep lam only)."""
-
-
-
-
-@st.composite
-def grids(draw, method: str):
-    """A grid over some of `method`'s axes (each 1 to 3 values, possibly repeated)."""
-    axes = AXES.get(method, {})
-    chosen = draw(st.lists(st.sampled_from(sorted(axes)), unique=True, max_size=len(axes))) if axes else []
-    return {name: draw(st.lists(st.sampled_from(axes[name]), min_size=1, max_size=3)) for name in chosen}
-
 
 def grid_points(method: str, space: dict[str, list[object]], lambdas: list[float]) -> list[dict[str, object]]:
     """The documented member order: the non-lam axes in the method's declaration order, the last

@@ -21,3 +21,20 @@ def small_models(draw):
         grid=draw(st.booleans()),
     )
     return task_vectors(pretrained, finetuned)
+
+
+AXES: dict[str, dict[str, list[object]]] = {
+    "ties": {"density": [0.1, 0.3, 0.5, 1.0]},
+    "dare": {"p": [0.0, 0.3, 0.6], "seed": [0, 1]},
+    "breadcrumbs": {"beta": [0.2, 0.5, 0.9], "gamma": [0.0, 0.1]},
+    "pcb": {"ratio": [0.05, 0.3, 0.8], "summed_inter": [False, True]},
+}
+"""Values each method's axes may take in the tests (methods without hyper-parameters sweep lam only)."""
+
+
+@st.composite
+def grids(draw, method: str):
+    """A grid over some of `method`'s axes (each 1 to 3 values, possibly repeated)."""
+    axes = AXES.get(method, {})
+    chosen = draw(st.lists(st.sampled_from(sorted(axes)), unique=True, max_size=len(axes))) if axes else []
+    return {name: draw(st.lists(st.sampled_from(axes[name]), min_size=1, max_size=3)) for name in chosen}

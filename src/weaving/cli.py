@@ -59,6 +59,7 @@ from weaving.inputs import (
 from weaving.io import sha256_files
 from weaving.mergefile import dump, from_arguments, load_merge_file, to_arguments
 from weaving.mergekit_names import hparam_hint, method_hint
+from weaving.method_pooling import MethodPooling
 from weaving.output import (
     OutputTarget,
     check_output,
@@ -78,7 +79,8 @@ PROG = "weaving"
 
 CLI_WORDING = Wording(
     names={"lam": "--lam", "lambdas": "--lambdas", "pooling": "--pooling", "pool_over": "--pool-over",
-           "seed": "--seed", "method_seed": "--set seed", "hparams": "--set", "space": "--space"},
+           "seed": "--seed", "method_seed": "--set seed", "hparams": "--set", "space": "--space",
+           "pooling_params": "--pooling-set"},
     not_finite="{name} must be finite, got {value!r}",
     method_hint=method_hint,
     hparam_hint=hparam_hint,
@@ -106,12 +108,12 @@ def weaving_version() -> str:
         return "unknown"
 
 
-def parse_assignment(text: str) -> tuple[str, bool | int | float | str]:
-    """``key=value`` from ``--set``; the value as bool (true/false), int, float, else str."""
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, bool | int | float | str]:
+    """``key=value`` from ``--set`` (or `option`); the value as bool (true/false), int, float, else str."""
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key or not raw:
-        raise ParamError(f"--set expects KEY=VALUE (e.g. density=0.2), got {text!r}")
+        raise ParamError(f"{option} expects KEY=VALUE (e.g. density=0.2), got {text!r}")
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return key, lowered == "true"
@@ -142,12 +144,13 @@ def parse_space(items: Sequence[str] | None) -> dict[str, str] | None:
     return space
 
 
-def parse_assignments(items: Sequence[str] | None) -> dict[str, bool | int | float | str]:
+def parse_assignments(items: Sequence[str] | None, option: str = "--set") -> dict[str, bool | int | float | str]:
+    """``--set`` (or `option`) values as ``{KEY: value}``; a key given twice is an error."""
     given: dict[str, bool | int | float | str] = {}
     for item in items or ():
-        key, value = parse_assignment(item)
+        key, value = parse_assignment(item, option)
         if key in given:
-            raise ParamError(f"--set {key} given twice")
+            raise ParamError(f"{option} {key} given twice")
         given[key] = value
     return given
 
@@ -217,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     weave.add_argument("--space", action="append", metavar="KEY=SPEC",
                        help="a hyper-parameter axis of the search space, e.g. --space density=0.1,0.2,0.3 or "
                             "--space density=0.1:0.3:0.1 (repeatable); the grid crosses every axis with lam")
-    weave.add_argument("--pooling", default="avg", help="pooling: avg, random or magmax (default avg)")
+    weave.add_argument("--pooling", default="avg",
+                       help="pooling: avg, random or magmax (default avg), or a merge method (e.g. ties): the "
+                            "members are then merged by it at lam 1")
+    weave.add_argument("--pooling-set", action="append", metavar="KEY=VALUE", dest="pooling_assignments",
+                       help="hyper-parameter of a merge method used as --pooling, e.g. --pooling ties "
+                            "--pooling-set density=0.2 (repeatable; as --set)")
     weave.add_argument("--pool-over", default="all", choices=POOL_OVER,
                        help="'all' (task vectors and scaled merges, default) or 'augmented' (scaled merges only)")
     weave.add_argument("--materialize", action="store_true",
@@ -243,7 +251,7 @@ def describe_methods() -> str:
             for p in METHODS[name].hparams
         )
         lines.append(f"  {name:<{width}}  {described or '(none)'}")
-    lines.append(f"poolings: {', '.join(sorted(POOLINGS))}")
+    lines.append(f"poolings: {', '.join(sorted(POOLINGS))}, or any method (--pooling ties --pooling-set density=0.2)")
     lines.append(f"pool over: {', '.join(POOL_OVER)} (default all)")
     lines.append(f"per-model --weights: {', '.join(WEIGHTED_METHODS)}")
     return "\n".join(lines)
@@ -268,7 +276,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, object], MergeReq
                              f"(see '{PROG} weave --help')")
         shape = {"lambdas": None if args.lambdas is None else parse_search_space(args.lambdas),
                  "pooling": args.pooling, "pool_over": args.pool_over, "materialize": args.materialize,
-                 "space": space}
+                 "space": space,
+                 "pooling_params": parse_assignments(getattr(args, "pooling_assignments", None), "--pooling-set")}
     request = validate_request(args.method, seed=args.seed, hparams=given, wording=CLI_WORDING, **shape)
     if args.weights is not None:
         check_weights(args.weights, args.method, len(args.finetuned))
@@ -285,9 +294,12 @@ def check_device(args: argparse.Namespace) -> None:
         built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
         raise ParamError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__}, {built}); "
                          "use --device cpu")
-    if args.method in CPU_GENERATOR_METHODS or getattr(args, "pooling", None) == "random":
+    pooling = getattr(args, "pooling", None)
+    drawing = (args.method if args.method in CPU_GENERATOR_METHODS else "random pooling" if pooling == "random"
+               else f"{pooling} as the pooling" if pooling in CPU_GENERATOR_METHODS else None)
+    if drawing is not None:
         raise ParamError(
-            f"--device cuda: {args.method if args.method in CPU_GENERATOR_METHODS else 'random pooling'} draws its "
+            f"--device cuda: {drawing} draws its "
             "random choices from seeded CPU generators (so results do not depend on the device); use --device cpu"
         )
 
@@ -490,6 +502,8 @@ def run_merge(args: argparse.Namespace, merge_file: tuple[str, str] | None = Non
             "lambdas": json.dumps(list(request.weave.lambdas) if space is None else space.record["lam"]),
             "lambdas_spec": args.lambdas if args.lambdas is not None else parse_space(args.space)["lam"],  # type: ignore[index]
             "pooling": args.pooling,
+            **({"pooling_params": json.dumps(dict(request.weave.pooling.params))}
+               if isinstance(request.weave.pooling, MethodPooling) else {}),
             "pool_over": args.pool_over,
             "materialize": json.dumps(bool(args.materialize)),
         })

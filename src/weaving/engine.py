@@ -138,6 +138,7 @@ def weave(
     seed: int = 0,
     *,
     space: Mapping[str, object] | Sequence[Mapping[str, object]] | None = None,
+    pooling_params: Mapping[str, object] | None = None,
     materialize: bool = False,
     progress: bool = False,
     method_seed: int | None = None,
@@ -152,10 +153,14 @@ def weave(
     with a `"lam"` axis instead of `lambdas`), or a list of points such as
     `[{"lam": 0.5, "density": 0.1}, ...]`; members are `lam * f(taus, 1, **point)`, one merge
     per distinct non-lam combination. A swept hyper-parameter may not also be given in `hparams`.
+    `pooling` may name a merge method (docs/merging.md, "Merge methods as poolings"): the members
+    are merged by it at lam 1, at its hyper-parameters `pooling_params` (e.g. `pooling="ties",
+    pooling_params={"density": 0.2}`); `materialize=True` then skips the method's shortcut.
     """
     request = validate_request(
         method, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
         materialize=materialize, method_seed=method_seed, hparams=hparams, space=space,
+        pooling_params=pooling_params,
     )
     sources = tau_sources(taus)
     return _collect(sources, stream_taus(sources, request, progress=progress))
@@ -169,12 +174,14 @@ def weave_from_merged(
     pool_over: str = "all",
     seed: int = 0,
     *,
+    pooling_params: Mapping[str, object] | None = None,
     materialize: bool = False,
     progress: bool = False,
 ) -> TensorDict:
     """Weight Weaving from a merged task vector `merged = merge(method, taus, lam=1)`."""
     request = validate_request(
         None, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed, materialize=materialize,
+        pooling_params=pooling_params,
     )
     sources = tau_sources(taus)
     merged_source = DictSource(merged, name="merged task vector")

@@ -12,7 +12,8 @@ path that does not exist there and reads ``org/name`` is a Hugging Face hub id. 
     hparams: {density: 0.2}
     lambdas: "0.1:1.5:0.1"      # weave; a merge takes lam instead
     space: {density: "0.1,0.2"} # weave: hyper-parameter axes (--space KEY=SPEC), optional
-    pooling: avg
+    pooling: avg                # or a merge method, e.g. ties, with
+    pooling_params: {}          # its hyper-parameters (--pooling-set), e.g. {density: 0.3}
     out: woven/
 """
 
@@ -31,7 +32,7 @@ from weaving.errors import InputError, ParamError
 from weaving.hf import looks_like_hub_id
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-WEAVE_ONLY = ("lambdas", "space", "pooling", "pool_over", "materialize")
+WEAVE_ONLY = ("lambdas", "space", "pooling", "pooling_params", "pool_over", "materialize")
 
 
 class MergeFile(BaseModel):
@@ -49,6 +50,7 @@ class MergeFile(BaseModel):
     lambdas: str | list[float] | None = None
     space: dict[str, str | list[bool | int | float]] | None = None
     pooling: str = "avg"
+    pooling_params: dict[str, bool | int | float | str] = Field(default_factory=dict)
     pool_over: Literal["all", "augmented"] = "all"
     materialize: bool = False
     weights: list[float] | None = None
@@ -156,6 +158,7 @@ def to_arguments(merge_file: MergeFile, folder: Path) -> argparse.Namespace:
         space = values["space"]
         namespace.space = None if space is None else [f"{key}={_axis_text(spec)}" for key, spec in space.items()]
         namespace.pooling = values["pooling"]
+        namespace.pooling_assignments = [f"{key}={value}" for key, value in merge_file.pooling_params.items()]
         namespace.pool_over = values["pool_over"]
         namespace.materialize = values["materialize"]
     return namespace
@@ -195,7 +198,12 @@ def from_arguments(args: argparse.Namespace, hparams: dict[str, Any], folder: Pa
         space = getattr(args, "space", None)
         if space:
             record["space"] = {key.strip(): spec.strip() for key, _, spec in (item.partition("=") for item in space)}
-        record.update(pooling=args.pooling, pool_over=args.pool_over, materialize=bool(args.materialize))
+        record["pooling"] = args.pooling
+        pooling_params = getattr(args, "pooling_assignments", None)
+        if pooling_params:
+            record["pooling_params"] = {key.strip(): _scalar(value.strip()) for key, _, value in
+                                        (item.partition("=") for item in pooling_params)}
+        record.update(pool_over=args.pool_over, materialize=bool(args.materialize))
     optional = {
         "weights": args.weights, "dtype": args.dtype, "device": args.device, "vocab": args.vocab,
         "vocab_keys": [k for k in (args.vocab_keys or "").split(",") if k], "hash": args.hash,
@@ -206,6 +214,18 @@ def from_arguments(args: argparse.Namespace, hparams: dict[str, Any], folder: Pa
     record.update({k: v for k, v in optional.items() if v != defaults.get(k)})
     record["out"] = place(args.out)
     return record
+
+
+def _scalar(text: str) -> bool | int | float | str:
+    """A ``--pooling-set`` value as ``--set`` reads it: true/false, int, float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
 
 
 def dump(record: dict[str, Any]) -> str:

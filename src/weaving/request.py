@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from weaving.errors import ParamError, choices
+from weaving.method_pooling import MethodPooling
 from weaving.methods import METHODS
-from weaving.methods.base import MergeMethod
-from weaving.poolings import POOLINGS, Pooling, check_pool_over, get_pooling
+from weaving.methods.base import MergeMethod, derive_seed
+from weaving.poolings import POOLINGS, Pooling, check_pool_over
 from weaving.search_space import HParamValue, WeaveSpace, parse_axis
 
 
@@ -39,7 +40,7 @@ def _no_hparam_hint(method: str, name: str) -> str | None:
 class Wording:
     """How errors name the request's fields, and hints for names known from elsewhere.
 
-    `names` maps a field (``lam``, ``lambdas``, ``pooling``, ``seed``, ``method_seed``,
+    `names` maps a field (``lam``, ``lambdas``, ``pooling``, ``pooling_params``, ``seed``, ``method_seed``,
     ``hparams``, ``space``) to what the caller wrote (e.g. ``--lam``); unlisted fields keep their name.
     `not_finite` is the message for a non-finite number (``{name}``, ``{value}``).
     `method_hint(method)` and `hparam_hint(method, name)` may explain an unknown name (the
@@ -74,7 +75,7 @@ class WeaveSpec:
     """
 
     lambdas: tuple[float, ...]
-    pooling: Pooling
+    pooling: Pooling | MethodPooling
     pool_over: str = "all"
     materialize: bool = False  # Algorithm 1 as written (every member built, then pooled)
     space: WeaveSpace | None = None
@@ -129,6 +130,7 @@ def validate_request(
     method_seed: int | None = None,
     hparams: Mapping[str, object] | None = None,
     space: object = None,
+    pooling_params: Mapping[str, object] | None = None,
     wording: Wording = LIBRARY,
 ) -> MergeRequest:
     """The `MergeRequest` of these arguments; `ParamError` naming the culprit in `wording`.
@@ -136,7 +138,8 @@ def validate_request(
     Give `lam` for a merge, or `lambdas` with a `pooling` for a weave. `method` None asks
     for no method (the merged vector is given; `hparams` must then be empty). `space` (a weave
     only) adds hyper-parameter axes: a grid `{name: values, ...}` (lam among them, or given as
-    `lambdas`) or a list of points `[{name: value, ...}, ...]` (see `build_space`).
+    `lambdas`) or a list of points `[{name: value, ...}, ...]` (see `build_space`). `pooling` may
+    name a merge method, with its hyper-parameters in `pooling_params` (see `resolve_pooling`).
     """
     merge_method = get_method(method, wording) if method is not None else None
     fixed = set(hparams or {})
@@ -162,9 +165,7 @@ def validate_request(
             raise ParamError(f"{wording.name('space')} needs a weave, but {wording.name('lam')}={lam!r} asks for a merge")
         if merge_method is None:
             raise ParamError(f"{wording.name('space')} needs a method (its axes are the method's hyper-parameters)")
-        if pooling is None:
-            raise ParamError(f"weaving needs a {wording.name('pooling')}; valid: {choices(POOLINGS)}")
-        pooling_fn = get_pooling(pooling)
+        pooling_fn = resolve_pooling(pooling, pooling_params, seed, wording)
         check_pool_over(pool_over)
         weave_space = build_space(merge_method, space, lambdas, fixed=fixed, method_seed=method_seed, wording=wording)
         unswept = {name: value for name, value in resolved.items() if name not in weave_space.axes}
@@ -177,13 +178,49 @@ def validate_request(
         if pooling is not None:
             raise ParamError(f"{wording.name('pooling')} {pooling!r} needs {wording.name('lambdas')} (weave), "
                              f"but {wording.name('lam')}={lam!r} asks for a merge")
+        if pooling_params:
+            raise ParamError(f"{wording.name('pooling_params')} needs a weave, but {wording.name('lam')}={lam!r} "
+                             "asks for a merge")
         return MergeRequest(merge_method, resolved, int(seed), lam=wording.finite(lam, wording.name("lam")))
-    if pooling is None:
-        raise ParamError(f"weaving needs a {wording.name('pooling')}; valid: {choices(POOLINGS)}")
-    pooling_fn = get_pooling(pooling)
+    pooling_fn = resolve_pooling(pooling, pooling_params, seed, wording)
     check_pool_over(pool_over)
     weave = WeaveSpec(_lambdas(lambdas, wording), pooling_fn, pool_over, bool(materialize))
     return MergeRequest(merge_method, resolved, int(seed), weave=weave)
+
+
+def resolve_pooling(
+    pooling: object, params: Mapping[str, object] | None, seed: int, wording: Wording = LIBRARY,
+) -> Pooling | MethodPooling:
+    """The pooling `pooling` names: a registered pooling, or a merge method at `params`.
+
+    A pooling of `POOLINGS` takes no `params`. A method's `params` are checked by the method's own
+    validation (defaults filled in), errors naming the key as `wording` writes `pooling_params`.
+    A method that draws (a ``seed`` hyper-parameter, DARE) gets `derive_seed("pooling", name, seed)`
+    unless `params` gives its seed.
+    """
+    if pooling is None:
+        raise ParamError(f"weaving needs a {wording.name('pooling')}; valid: {choices(POOLINGS)}, or a method: "
+                         f"{choices(METHODS)}")
+    if isinstance(params, (str, bytes)) or (params is not None and not isinstance(params, Mapping)):
+        raise ParamError(f"{wording.name('pooling_params')} must be a mapping {{name: value}}, got {params!r}")
+    given = dict(params or {})
+    if isinstance(pooling, str) and pooling in POOLINGS:
+        if given:
+            raise ParamError(f"{wording.name('pooling')} {pooling!r} takes no parameters, but "
+                             f"{wording.name('pooling_params')} gives {', '.join(map(repr, sorted(given)))} "
+                             "(only a merge method as the pooling has hyper-parameters)")
+        return POOLINGS[pooling]
+    if not isinstance(pooling, str) or pooling not in METHODS:
+        raise ParamError(f"unknown pooling {pooling!r}; valid: {choices(POOLINGS)}, or a merge method as the "
+                         f"pooling: {choices(METHODS)}")
+    method = METHODS[pooling]
+    if "seed" in method.defaults:
+        given.setdefault("seed", derive_seed("pooling", method.name, seed))
+    try:
+        resolved = method.validate(given)
+    except ParamError as error:
+        raise ParamError(f"{wording.name('pooling_params')} ({wording.name('pooling')} {pooling!r}): {error}") from None
+    return MethodPooling(method, resolved)
 
 
 def _lambdas(lambdas: object, wording: Wording) -> tuple[float, ...]:

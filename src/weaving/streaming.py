@@ -14,14 +14,15 @@ come from the pretrained model unchanged).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError
+from weaving.method_pooling import Members, MethodPooling, PoolingShape
 from weaving.methods.base import MethodRun, ModelLayout, PassNeeded, Workspace
-from weaving.poolings import pool_members, weave_groups
+from weaving.poolings import build_group_members, pool_members, weave_groups
 from weaving.request import MergeRequest, validate_request
 from weaving.search_space import WeaveSpace
 from weaving.sources import StateDictSource, check_same_layout, check_sources, checked_load, float_layout
@@ -187,6 +188,14 @@ def stream_task_vectors(
             raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(result.shape)}")
         return result
 
+    if weave is not None and isinstance(weave.pooling, MethodPooling):
+        assert space is not None
+        yield from _method_pooling_weave(
+            stack, request, space, groups, linear, progress, final_label,
+            lambda c, key, taus: finalized(runs[c], key, taus),
+            lambda c, lam, key, taus: finalized(runs[c], key, taus, lam),
+        )
+        return
     for key in _bar(layout.keys, final_label, progress):
         taus = stack.load(key)
         if weave is None:
@@ -208,6 +217,57 @@ def stream_task_vectors(
             key=key,
             materialize=weave.materialize,
         )
+
+
+def _method_pooling_weave(
+    stack: TaskVectorStack, request: MergeRequest, space: WeaveSpace, groups: Sequence[tuple[int, Sequence[int], torch.Tensor]],
+    linear: bool, progress: bool, final_label: str,
+    merge_of: Callable[[int, str, torch.Tensor], torch.Tensor],
+    merge_at: Callable[[int, float, str, torch.Tensor], torch.Tensor],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A weave pooled by a merge method (`MethodPooling`): its statistics passes over the members
+    (after the merges' own), then `g(members)` key by key, members built one key at a time.
+
+    A method not linear in lam never takes the pooling's shortcut (its points are no `lam * M_c`).
+    """
+    weave = request.weave
+    assert weave is not None and isinstance(weave.pooling, MethodPooling)
+    layout = stack.layout
+    shape = PoolingShape(layout, weave.pool_over, space.points, len(space.combinations))
+    run = weave.pooling.start(shape, materialize=weave.materialize or not linear)
+    num_tasks = layout.num_tasks if weave.pool_over == "all" else 0
+
+    def members(key: str, taus: torch.Tensor) -> Members:
+        if linear:
+            build = lambda: build_group_members(  # noqa: E731
+                taus, lambda c: view.merge(c), groups, len(space.points), weave.pool_over)
+        else:
+            build = lambda: torch.cat([taus[:num_tasks], torch.stack(  # noqa: E731
+                [merge_at(c, lam, key, taus) for c, lam in space.points])])
+        view = Members(taus, lambda c: merge_of(c, key, taus), build)
+        return view
+
+    def pooling_pass(label: str) -> None:
+        for key in _bar(layout.keys, label, progress):
+            run.observe(key, members(key, stack.load(key)))
+        run.end_pass()
+
+    while (label := run.next_pass()) is not None:
+        pooling_pass(label)
+    for key in _bar(layout.keys, final_label, progress):
+        taus = stack.load(key)
+        for attempt in range(2):
+            try:
+                pooled = run.finalize(key, members(key, taus))
+                break
+            except PassNeeded as needed:
+                if attempt:
+                    raise
+                pooling_pass(f"{needed.label} (needed by {key})")
+                taus = stack.load(key)
+        if tuple(pooled.shape) != layout.shapes[key]:
+            raise AssertionError(f"{request.label}: key {key!r} pooled to shape {tuple(pooled.shape)}")
+        yield key, pooled
 
 
 def _nonlinear_weave(
@@ -273,6 +333,7 @@ def stream_merge(
     progress: bool = False,
     method_seed: int | None = None,
     space: object = None,
+    pooling_params: Mapping[str, object] | None = None,
     **hparams: object,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Merged (`lam`) or woven (`lambdas` + `pooling`) model, yielded key by key.
@@ -283,12 +344,13 @@ def stream_merge(
     keys: pretrained's tensor). `seed` is the pooling seed and DARE's seed unless
     `method_seed` is given (ignored by methods without a seed); `materialize` (Algorithm 1
     as written) only concerns weaving, and so does `space` (hyper-parameter axes, as
-    `weaving.engine.weave`). NaN/inf raises `InputError` naming the source and key
+    `weaving.engine.weave`, as is `pooling_params`). NaN/inf raises `InputError` naming the source and key
     when reached. Nothing is read until the first item is requested.
     """
     request = validate_request(
         method, lam=lam, lambdas=lambdas, pooling=pooling, pool_over=pool_over, seed=seed,
         materialize=materialize, method_seed=method_seed, hparams=hparams, space=space,
+        pooling_params=pooling_params,
     )
     return stream_request(pretrained, finetuned, request, progress=progress)
 

@@ -153,6 +153,9 @@ class MergeMethod(ABC):
     summary: str = ""
     linear_in_lam: bool = True
     """`f(taus, lam) == lam * f(taus, 1)`: weaving may derive every member from one merge."""
+    as_pooling: Callable[..., object] | None = None
+    """The method's shortcut as a pooling, `as_pooling(params, shape) -> PoolingRun`
+    (`weaving.method_pooling`), or None: the members are materialised key by key."""
     model_wide: bool = field(default=False, init=False)
 
     @property
@@ -205,6 +208,76 @@ class ModelWideMethod(MergeMethod):
     def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
         assert self.begin is not None
         return self.begin(layout, **hparams)
+
+
+# ---------------------------------------------------------------------------- methods as poolings
+
+
+class Members:
+    """One key's view of a weave's members: `taus`, `merge(c)` (cached) and `stacked()` (cached)."""
+
+    def __init__(self, taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor],
+                 build: Callable[[], torch.Tensor]) -> None:
+        self.taus = taus
+        self._merge_of = merge_of
+        self._build = build
+        self._merges: dict[int, torch.Tensor] = {}
+        self._stacked: torch.Tensor | None = None
+
+    def merge(self, combination: int) -> torch.Tensor:
+        if combination not in self._merges:
+            self._merges[combination] = self._merge_of(combination)
+        return self._merges[combination]
+
+    def stacked(self) -> torch.Tensor:
+        """The members `[N, *shape]` (taus per `pool_over`, then the points in order)."""
+        if self._stacked is None:
+            self._stacked = self._build()
+        return self._stacked
+
+
+class PoolingRun:
+    """A method pooling in progress: statistics passes over the members, then key by key.
+
+    The generic path: `method`'s own run over a layout of `num_members` tasks, fed the stacked
+    members. `finalize` may raise `weaving.methods.base.PassNeeded` as a `MethodRun` does.
+    """
+
+    def __init__(self, run: MethodRun) -> None:
+        self.run = run
+
+    def next_pass(self) -> str | None:
+        label = self.run.next_pass()
+        return None if label is None else f"pooling {label}"
+
+    def observe(self, key: str, members: Members) -> None:
+        self.run.observe(key, members.stacked())
+
+    def end_pass(self) -> None:
+        self.run.end_pass()
+
+    def finalize(self, key: str, members: Members) -> torch.Tensor:
+        return self.run.finalize(key, members.stacked())
+
+
+@dataclass(frozen=True)
+class PoolingShape:
+    """What a pooling run knows of the weave: the layout of the taus, `pool_over`, and per point
+    (in member order) its merge's index and its lam."""
+
+    layout: ModelLayout
+    pool_over: str
+    points: tuple[tuple[int, float], ...]
+    num_merges: int
+
+    @property
+    def num_members(self) -> int:
+        return (self.layout.num_tasks if self.pool_over == "all" else 0) + len(self.points)
+
+    @property
+    def member_layout(self) -> ModelLayout:
+        return ModelLayout(self.layout.keys, self.layout.shapes, self.num_members, self.layout.compute_dtype)
+
 
 
 class Workspace:

@@ -19,13 +19,33 @@ radix select, one pass per 16 bits of the compute dtype, or a one-pass tail sele
 `density` is small), then each key is finalised. The majority sign is only needed where a
 column's signs cancel exactly; the first key that has such a column triggers one more pass
 summing the column signs `sign(sum_t trimmed)` over the model.
+
+As a pooling (`TiesPoolingRun`, a shortcut, exact): the members `lam_k * M_c` share `M_c`, and
+`x -> fl(|lam| * x)` is non-decreasing, so the threshold of the member `lam_k * M_c` (an order
+statistic of `|lam_k * M_c| = fl(|lam_k| * |M_c|)`) is `fl(|lam_k| * kth(M_c))` exactly. The
+statistics passes therefore select over T + C rows (the taus per `pool_over`, and each merge
+once) instead of T + K; the majority-sign pass and the finalisation then run on the members of
+each key, built one key at a time. The result is the same, bit for bit, as TIES run on the
+materialised members.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from weaving.methods.base import MethodRun, ModelLayout, ModelWideMethod, PassNeeded, Workspace, unit_interval
+from weaving.methods.base import (
+    Members,
+    MethodRun,
+    ModelLayout,
+    ModelWideMethod,
+    PassNeeded,
+    PoolingRun,
+    PoolingShape,
+    Workspace,
+    unit_interval,
+)
 from weaving.quantile import order_statistics
 
 
@@ -86,12 +106,14 @@ class TiesRun(MethodRun):
     (`PassNeeded`); elsewhere the majority sign changes nothing.
     """
 
-    def __init__(self, layout: ModelLayout, *, density: float) -> None:
+    def __init__(self, layout: ModelLayout, *, density: float, thresholds: torch.Tensor | None = None) -> None:
+        """`thresholds` (`[T]`): the trim thresholds, known already (no selection pass)."""
         total = layout.total_numel
         rank = ties_trim_rank(total, density)
         self._rows = layout.num_tasks
-        self._select = None if rank is None or total == 0 else order_statistics([[rank]] * self._rows, layout.compute_dtype, total)
-        self._thresholds: torch.Tensor | None = None
+        selecting = thresholds is None and rank is not None and total > 0
+        self._select = order_statistics([[rank]] * self._rows, layout.compute_dtype, total) if selecting else None
+        self._thresholds: torch.Tensor | None = thresholds
         self._sign_total = 0
         self._majority: int | None = None
         self._majority_requested = False
@@ -142,9 +164,59 @@ class TiesRun(MethodRun):
         return ties_disjoint_mean(trimmed, elected, self._workspace.take("agreeing", taus.shape, taus.dtype))
 
 
+class TiesPoolingRun(PoolingRun):
+    """TIES as a pooling: thresholds over the taus and each merge once, then `TiesRun` on the members."""
+
+    def __init__(self, params: Mapping[str, float | int], shape: PoolingShape) -> None:
+        self._shape = shape
+        self._density = float(params["density"])
+        layout = shape.layout
+        total = layout.total_numel
+        rank = ties_trim_rank(total, self._density)
+        self._tasks = layout.num_tasks if shape.pool_over == "all" else 0
+        self._rows = self._tasks + shape.num_merges
+        self._select = (order_statistics([[rank]] * self._rows, layout.compute_dtype, total)
+                        if rank is not None and total > 0 else None)
+        if self._select is None:
+            self.run = TiesRun(shape.member_layout, density=self._density)
+
+    def _selecting(self) -> bool:
+        return self._select is not None and not self._select.done
+
+    def next_pass(self) -> str | None:
+        if self._selecting():
+            assert self._select is not None
+            return (f"pooling ties: trim threshold of {self._tasks} task vectors and {self._shape.num_merges} "
+                    f"merge(s), pass {self._select.pass_index + 1}/{self._select.num_passes}")
+        return super().next_pass()
+
+    def observe(self, key: str, members: Members) -> None:
+        if not self._selecting():
+            return super().observe(key, members)
+        assert self._select is not None
+        rows = [members.taus[: self._tasks]] + [members.merge(c).unsqueeze(0) for c in range(self._shape.num_merges)]
+        self._select.observe(torch.cat(rows).reshape(self._rows, -1), magnitude=True)
+
+    def end_pass(self) -> None:
+        if not self._selecting():
+            return super().end_pass()
+        assert self._select is not None
+        self._select.end_pass()
+        if self._select.done:
+            found = self._select.values()[:, 0]
+            dtype = found.dtype
+            lams = torch.tensor([lam for _, lam in self._shape.points], dtype=dtype)
+            merges = torch.tensor([c for c, _ in self._shape.points], dtype=torch.int64)
+            # the order statistic of |lam * M| = fl(|lam| * |M|) is fl(|lam| * that of |M|): exact
+            points = lams.abs() * found[self._tasks + merges]
+            thresholds = torch.cat([found[: self._tasks], points])
+            self.run = TiesRun(self._shape.member_layout, density=self._density, thresholds=thresholds)
+
+
 METHOD = ModelWideMethod(
     name="ties",
     summary="trim to the top density of each task vector, elect signs, disjoint mean",
     hparams=(unit_interval("density", 0.2, low_open=True, help="fraction of each task vector kept"),),
     begin=TiesRun,
+    as_pooling=TiesPoolingRun,
 )
