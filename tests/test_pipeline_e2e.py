@@ -493,3 +493,25 @@ def test_a_stage_killed_with_sigkill_recovers_to_the_same_bytes(repo: Path, stag
     assert _run_outputs(repo) == before
     assert _leftovers(repo) == []
     assert run(["git", "status", "--porcelain"], repo).stdout == status
+
+
+# --- Weight Weaving beyond lam (issue 14): hyper-parameter spaces and merge methods as poolings --------------------
+
+def test_weave_stages_record_the_variants_beyond_lam_and_the_report_checks_them(repo: Path) -> None:
+    """The smoke profile weaves TIES over lam x density and uses TIES and TSV as poolings: every weave file holds
+    the method-pooling variants (and TIES's the space) on every task, and the report has their table and claim."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    poolings = set(params["weave"]["method_poolings"])
+    for method in params["methods"]:
+        axes = params["method_params"][method].get("space", {})
+        expected = {f"{p}_pooling" for p in poolings} | ({"lam_x_" + "_x_".join(axes)} if axes else set())
+        for setup in params["setups"]:
+            metrics = json.loads((repo / f"metrics/tiny-clip/weave/{method}/{setup}.json").read_text())
+            assert set(metrics["extensions"]) == expected, (method, setup)
+            for variant in metrics["extensions"].values():
+                assert set(variant["accuracy"]) == set(metrics["tasks"])
+            assert set(metrics["intervals"]["extensions"]) == expected
+    claims = {c["id"]: c for c in json.loads((repo / "reports/claims.json").read_text())["claims"]}
+    assert claims["beyond_lam"]["verdict"] in ("holds", "does not hold", "mixed")
+    assert set(claims["beyond_lam"]["numbers"]) == {"space"} | {f"{p}_pooling" for p in poolings}
+    assert "λ × density" in (repo / "reports/tables/beyond_lam.md").read_text()

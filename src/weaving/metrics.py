@@ -677,7 +677,8 @@ def _doc(model: type) -> str:
 
 def contract_markdown() -> str:
     """The "Metrics" section of `docs/contracts.md`, rendered from the models (a test keeps the two equal)."""
-    nested = (WeaveIntervals, BootstrapInterval, ContinualReference, SimilarityMatrix, SequentialSplit)
+    nested = (WeaveIntervals, WeaveExtension, ExtensionIntervals, BootstrapInterval, ContinualReference, SimilarityMatrix,
+              SequentialSplit)
     out = [
         "Every metrics file has one pydantic model in `src/weaving/metrics.py`: its stage writes it with",
         "`Model(...).write(path)` (indented JSON, keys in the order below) and the report reads it with",

@@ -99,6 +99,7 @@ def claim_beyond_lam(run: RunMetrics) -> Claim:
                     part["wins"] += int(round(value - record.baseline_avg, 2) > 0)
                     part["gain"] += value - record.baseline_avg
                     part["over_lam_only"] += value - record.weaving_avg("avg", "all")
+    parts = dict(sorted(parts.items(), key=lambda item: item[0] != "space"))  # the search spaces first
     numbers = {kind: {"cells": p["cells"], "cells_beating_baseline": p["wins"],
                       "mean_gain_pp": p["gain"] / p["cells"], "mean_gain_over_lam_only_pp": p["over_lam_only"] / p["cells"]}
                for kind, p in parts.items()}
