@@ -148,6 +148,43 @@ def test_dare_as_pooling_takes_a_seed_of_its_own() -> None:
     assert any(not torch.equal(derived[k], same_as_method[k]) for k in derived)
 
 
+def test_weave_from_merged_and_a_method_not_linear_in_lam(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A given merged vector pools as the method's own; a method declared not linear in lam is merged at
+    every point (`finalize_at`) and never takes TIES's shortcut: the same members, the same result."""
+    import dataclasses
+
+    from weaving import weave_from_merged
+
+    pretrained, finetuned = make_models(seed=4)
+    taus = task_vectors(pretrained, finetuned)
+    lambdas = [0.5, -1.0, 1.5]
+    expected = weave("breadcrumbs", taus, lambdas, pooling="ties", pooling_params={"density": 0.4})
+    given = weave_from_merged(taus, merge("breadcrumbs", taus), lambdas, pooling="ties",
+                              pooling_params={"density": 0.4})
+    assert_equal(given, expected)
+    calls: list[float] = []
+    original = METHODS["breadcrumbs"].start
+
+    def start(hparams, layout):
+        run = original(hparams, layout)
+        finalize_at = run.finalize_at
+
+        def counted(key, taus, lam):
+            calls.append(lam)
+            return finalize_at(key, taus, lam)
+
+        run.finalize_at = counted
+        return run
+
+    nonlinear = dataclasses.replace(METHODS["breadcrumbs"], linear_in_lam=False)
+    object.__setattr__(nonlinear, "start", start)
+    monkeypatch.setitem(METHODS, "breadcrumbs", nonlinear)
+    pooled = weave("breadcrumbs", taus, lambdas, pooling="ties", pooling_params={"density": 0.4})
+    assert calls and set(calls) == set(lambdas)
+    for key in expected:  # lam * f(taus, 1) against f(taus, lam): equal up to rounding
+        torch.testing.assert_close(pooled[key], expected[key], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"pooling": "nope"}, r"unknown pooling 'nope'; valid: avg, magmax, random, or a merge method as the pooling: breadcrumbs, "),
     ({"pooling": "ties", "pooling_params": {"density": 2.0}},

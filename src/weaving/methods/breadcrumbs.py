@@ -8,6 +8,9 @@ everything else becomes 0. `M = sum_t masked tau_t`.
 Ties in `|x|`: entries are ranked by `|x|` descending, equal magnitudes by position (the
 earlier entry ranks first), i.e. a stable descending sort; an entry of rank `i` (0-based)
 is kept iff `int(d*gamma) <= i < int(d*gamma) + int(d*beta)`.
+
+As a pooling (docs/merging.md, "Merge methods as poolings"): no shortcut; the members of each
+key are materialised (per-row ranks of `lam_k * M` equal `M`'s only up to ties that rounding creates).
 """
 
 from __future__ import annotations

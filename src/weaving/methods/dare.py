@@ -8,6 +8,9 @@ every `lam`): a `torch.Generator` seeded with `derive_seed("dare", seed, t, key)
 first 8 bytes of `sha256("dare/<seed>/<t>/<key>")` read big-endian, shifted right by one
 bit (63 bits), with `t` the 0-based task index; `u = torch.rand(shape, generator=g,
 dtype=torch.float64)`, `drop = u < p` (so `p = 0` drops nothing).
+
+As a pooling: no shortcut (each member draws its own mask); the members of each key are
+materialised. Its seed is `derive_seed("pooling", "dare", seed)` unless the pooling's parameters give one.
 """
 
 from __future__ import annotations

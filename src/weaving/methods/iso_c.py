@@ -4,6 +4,9 @@ For each 2-D tensor: `A = sum_t tau_t = U S V^T` (thin SVD, `r = min(m, n)` sing
 values), `M = mean(S) * U V^T`, every singular value replaced by their mean (zeros
 included). Every other tensor (0-D, 1-D, 3-D and more): the mean of the `tau_t`. A 2-D
 tensor with a zero-size dimension gives zeros.
+
+As a pooling: no shortcut (the members' sum is `sum_t tau_t + (sum_k lam_k) * M` only up to
+rounding); the members of each key are materialised.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """MagMax (Marczak et al., 2024): per element, the `tau_t` of largest `|x|`; on ties the
-later task wins."""
+later task wins.
+
+As a pooling: no shortcut of its own (the `magmax` pooling is the same rule, with a fast path);
+the members of each key are materialised.
+"""
 
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ Streaming: exact order statistics (`weaving.quantile`) of `|X|` at `lo`, `hi`, t
 at its position and at `D - 1` (the row maximum), then per-key finalisation. Near the ends
 of a row (the default ratio) each selection is one pass keeping tail candidates; otherwise
 a radix select, one pass per 16 bits.
+
+As a pooling: no shortcut (its balance scores couple the members pairwise); the members of each
+key are materialised in its statistics passes and finalisation.
 """
 
 from __future__ import annotations

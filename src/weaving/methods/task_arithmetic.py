@@ -1,4 +1,8 @@
-"""Task Arithmetic (Ilharco et al., 2023): `M = sum_t tau_t`."""
+"""Task Arithmetic (Ilharco et al., 2023): `M = sum_t tau_t`.
+
+As a pooling: no shortcut (the `avg` pooling is its mean with a fast path); the members of each
+key are materialised and summed.
+"""
 
 from __future__ import annotations
 

@@ -205,8 +205,8 @@ class TiesPoolingRun(PoolingRun):
         if self._select.done:
             found = self._select.values()[:, 0]
             dtype = found.dtype
-            lams = torch.tensor([lam for _, lam in self._shape.points], dtype=dtype)
-            merges = torch.tensor([c for c, _ in self._shape.points], dtype=torch.int64)
+            lams = torch.tensor([lam for _, lam in self._shape.points], dtype=dtype, device=found.device)
+            merges = torch.tensor([c for c, _ in self._shape.points], dtype=torch.int64, device=found.device)
             # the order statistic of |lam * M| = fl(|lam| * |M|) is fl(|lam| * that of |M|): exact
             points = lams.abs() * found[self._tasks + merges]
             thresholds = torch.cat([found[: self._tasks], points])

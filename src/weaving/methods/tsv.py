@@ -8,6 +8,12 @@ factor (`U = P Sigma Q^T` thin SVD, `U_perp = P Q^T`; same for `V`) and
 `tau_t`. A 2-D tensor with a zero-size dimension gives zeros. With `T = 1`, `k = r` and the
 polar factors of `U_1`, `V_1` are themselves (up to rounding): `M = tau_1`. SVDs by `torch.linalg.svd`
 (`full_matrices=False`) in the compute dtype.
+
+As a pooling: no shortcut. With two or more members `lam_k * M` the concatenated singular vectors
+are rank-deficient and their polar factors are undetermined on the null space, so the result is not
+a continuous function of the members; a shortcut reusing `M`'s SVD would differ from the
+materialised members' result by far more than rounding (docs/merging.md). The members of each key
+are materialised.
 """
 
 from __future__ import annotations
