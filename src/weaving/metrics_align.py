@@ -125,6 +125,8 @@ class ModelLayout(_AlignRecord):
     norm: Literal["layer", "batch"] | None = None
     stem_kernel: Count | None = None
     stem_stride: Count | None = None
+    convs_per_stage: list[Count] | None = Field(default=None, description="VGG: convs in each stage")
+    classifier_width: Count | None = Field(default=None, description="VGG: width of the hidden linear layers")
     parameters: Count
 
 
@@ -151,12 +153,12 @@ class AlignMetrics(_AlignRecord):
     writer: ClassVar[tuple[str, str]] = ("align@<dataset>-<arch>", "stages/align.py")
 
     dataset: Name
-    arch: Literal["mlp", "resnet"]
+    arch: Literal["mlp", "resnet", "vgg"]
     model: ModelLayout
     groups: dict[str, Count] = Field(description="permutation group -> units")
     num_models: Annotated[int, Field(strict=True, ge=2, description="N, the models trained")]
     seed: int
-    repair: bool = Field(description="REPAIR ran on every merge (the ResNet)")
+    repair: bool = Field(description="REPAIR ran on every merge (the conv nets: ResNet, VGG)")
     repair_samples: Count
     normalisation: Normalisation
     train: TrainRecipe

@@ -7,7 +7,16 @@
   a conv + norm shortcut where width or stride changes; global average pool; linear head),
   normalised by ``LayerNorm2d`` (``GroupNorm`` with one group, the reference's choice) or
   ``BatchNorm2d``; spec ``weaving.align.spec.resnet_spec``. Its convs carry a bias so that a
-  REPAIRed model (``weaving.align.repair``) has the same keys.
+  REPAIRed model (``weaving.align.repair``) has the same keys. ``widths = [16w, 32w, 64w]``,
+  ``blocks_per_stage = 3``, ``stem_kernel = 3``, ``stem_stride = 1`` is the reference's
+  ``ResNet(depth=22, widen_factor=w)`` ("ResNet20 x w") up to the details listed in
+  ``docs/align.md`` ("Paper profile").
+- ``VGG``: the reference's ``src/ccmm/models/vgg.py`` ``VGG16``: 13 convs (3x3, padding 1, with
+  bias) in 5 stages of 2, 2, 3, 3, 3 at widths 64, 128, 256, 512, 512, each conv followed by a
+  norm and ReLU, a 2x2 max pool after every stage, then a classifier of three linear layers
+  (512 -> 512 -> 512 -> classes, ReLU between); configurable widths; spec
+  ``weaving.align.spec.vgg_spec``. Its pools round up (``ceil_mode``), which on the reference's
+  32x32 inputs changes nothing and also takes 28x28 images (MNIST, EMNIST) down to 1x1.
 
 Every parameter is initialised from an explicit ``torch.Generator`` (PyTorch's default
 schemes: Kaiming-uniform weights with ``a = sqrt(5)``, biases uniform in ``+-1/sqrt(fan_in)``,
@@ -26,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from weaving.align.spec import NORMS, PermutationSpec, mlp_spec, resnet_spec
+from weaving.align.spec import NORMS, PermutationSpec, mlp_spec, resnet_spec, vgg_spec
 from weaving.errors import InputError, ParamError
 
 __all__ = [
@@ -35,6 +44,9 @@ __all__ = [
     "LayerNorm2d",
     "ResNet",
     "TrainConfig",
+    "VGG",
+    "VGG16_CONVS_PER_STAGE",
+    "VGG16_WIDTHS",
     "build_model",
     "evaluate",
     "images_to_tensor",
@@ -43,7 +55,11 @@ __all__ = [
     "train_model",
 ]
 
-ARCHITECTURES = ("mlp", "resnet")
+ARCHITECTURES = ("mlp", "resnet", "vgg")
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+"""The reference's ``cfg["VGG16"]``: the width of each of its 5 stages."""
+VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+"""The reference's ``cfg["VGG16"]``: convs per stage (13 in all), each stage ending in a max pool."""
 
 
 class MLP(nn.Module):
@@ -136,6 +152,59 @@ class ResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class VGG(nn.Module):
+    """Stage ``s`` holds ``convs_per_stage[s]`` blocks ``conv 3x3 (padding 1) -> norm -> ReLU`` of
+    width ``widths[s]`` and ends in a 2x2 max pool (stride 2, rounding up); the output, flattened,
+    goes through ``Linear(widths[-1], classifier_width) -> ReLU -> Linear(classifier_width,
+    classifier_width) -> ReLU -> Linear(classifier_width, num_classes)``. The pools must bring the
+    image to 1x1 (``image_size <= 2 ** len(widths)``), as the reference's 512-wide classifier
+    assumes. Keys: ``features.<i>.conv``, ``features.<i>.norm`` (``i`` counts convs over all
+    stages), ``classifier.{0,1,2}``."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, widths: Sequence[int] = VGG16_WIDTHS,
+                 convs_per_stage: Sequence[int] = VGG16_CONVS_PER_STAGE, classifier_width: int = 512,
+                 norm: str = "layer", image_size: int = 32):
+        super().__init__()
+        if norm not in NORMS:
+            raise ParamError(f"VGG norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if len(widths) != len(convs_per_stage) or any(int(c) < 1 for c in convs_per_stage):
+            raise ParamError(f"VGG needs one positive conv count per stage width, got widths={list(widths)!r}, "
+                             f"convs_per_stage={list(convs_per_stage)!r}")
+        if classifier_width < 1:
+            raise ParamError(f"classifier_width must be >= 1, got {classifier_width!r}")
+        side = image_size
+        for _ in widths:
+            side = math.ceil(side / 2)
+        if side != 1:
+            raise ParamError(f"VGG with {len(widths)} pooling stages takes images of side at most "
+                             f"{2 ** len(widths)} down to 1x1; got image_size {image_size}")
+        self.stage_ends: list[int] = []
+        layers = []
+        c_in = in_channels
+        for width, count in zip(widths, convs_per_stage):
+            for _ in range(int(count)):
+                layers.append(_ConvNorm(c_in, int(width), 3, 1, norm))
+                c_in = int(width)
+            self.stage_ends.append(len(layers) - 1)
+        self.features = nn.ModuleList(layers)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.classifier = nn.ModuleList([nn.Linear(c_in, classifier_width), nn.Linear(classifier_width, classifier_width),
+                                         nn.Linear(classifier_width, num_classes)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ends = set(self.stage_ends)
+        for i, layer in enumerate(self.features):
+            x = F.relu(layer(x))
+            if i in ends:
+                x = self.pool(x)
+        x = x.flatten(1)
+        for i, linear in enumerate(self.classifier):
+            x = linear(x)
+            if i < len(self.classifier) - 1:
+                x = F.relu(x)
+        return x
+
+
 def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
     """Re-initialise every Linear/Conv/norm of ``model`` from ``generator`` with PyTorch's default schemes."""
     with torch.no_grad():
@@ -154,10 +223,12 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
 def build_model(arch: str, *, in_channels: int, image_size: int, num_classes: int, width: int | Sequence[int],
                 blocks_per_stage: int = 1, norm: str = "layer", stem_kernel: int = 3, stem_stride: int = 2,
+                convs_per_stage: Sequence[int] = VGG16_CONVS_PER_STAGE, classifier_width: int = 512,
                 seed: int | None = None) -> nn.Module:
-    """An ``MLP`` (``width``: hidden sizes) or ``ResNet`` (``width``: stage widths) for images
-    ``[in_channels, image_size, image_size]`` (``blocks_per_stage``, ``norm``, ``stem_kernel``,
-    ``stem_stride``: ResNet only); parameters from ``torch.Generator().manual_seed(seed)``."""
+    """An ``MLP`` (``width``: hidden sizes), ``ResNet`` or ``VGG`` (``width``: stage widths) for images
+    ``[in_channels, image_size, image_size]`` (``blocks_per_stage``, ``stem_kernel``, ``stem_stride``:
+    ResNet only; ``convs_per_stage``, ``classifier_width``: VGG only; ``norm``: both conv nets);
+    parameters from ``torch.Generator().manual_seed(seed)``."""
     widths = [int(width)] if isinstance(width, int) else [int(w) for w in width]
     if not widths or any(w < 1 for w in widths):
         raise ParamError(f"widths must be positive integers, got {width!r}")
@@ -165,6 +236,8 @@ def build_model(arch: str, *, in_channels: int, image_size: int, num_classes: in
         model: nn.Module = MLP(in_channels * image_size * image_size, widths, num_classes)
     elif arch == "resnet":
         model = ResNet(in_channels, num_classes, widths, blocks_per_stage, norm, stem_kernel, stem_stride)
+    elif arch == "vgg":
+        model = VGG(in_channels, num_classes, widths, convs_per_stage, classifier_width, norm, image_size)
     else:
         raise ParamError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     if seed is not None:
@@ -173,13 +246,16 @@ def build_model(arch: str, *, in_channels: int, image_size: int, num_classes: in
 
 
 def model_spec(model: nn.Module) -> PermutationSpec:
-    """The permutation spec of an ``MLP`` or ``ResNet`` instance."""
+    """The permutation spec of an ``MLP``, ``ResNet`` or ``VGG`` instance."""
     if isinstance(model, MLP):
         return mlp_spec(model.num_layers)
     if isinstance(model, ResNet):
         widths = [stage[0].conv2.out_channels for stage in model.stages]
         norm = "layer" if isinstance(model.stem.norm, nn.GroupNorm) else "batch"
         return resnet_spec(widths, len(model.stages[0]), norm)
+    if isinstance(model, VGG):
+        norm = "layer" if isinstance(model.features[0].norm, nn.GroupNorm) else "batch"
+        return vgg_spec(len(model.features), len(model.classifier), norm)
     raise ParamError(f"no built-in spec for {type(model).__name__}; write a spec file")
 
 
