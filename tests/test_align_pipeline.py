@@ -73,6 +73,7 @@ def test_the_params_architectures_are_the_librarys() -> None:
         (lambda p: p["c2m3"]["mlp"].update(width=[128, 0]), ["c2m3.mlp.width", "[1] = 0"]),
         (lambda p: p["c2m3"]["resnet"].update(width=[]), ["c2m3.resnet.width"]),
         (lambda p: p["c2m3"]["resnet"].update(norm="group"), ["c2m3.resnet.norm"]),
+        (lambda p: p["c2m3"]["resnet"].update(shortcut_kernel=2), ["c2m3.resnet.shortcut_kernel", "odd"]),
         (lambda p: p["c2m3"]["resnet"]["train"].update(lr=0), ["c2m3.resnet.train.lr"]),
         (lambda p: p["c2m3"]["mlp"]["train"].update(epochs=0), ["c2m3.mlp.train.epochs"]),
         (lambda p: p["c2m3"].update(barrier_points=1), ["c2m3.barrier_points"]),

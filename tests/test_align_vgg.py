@@ -195,3 +195,67 @@ def test_vgg_experiment_runs_with_repair_by_default():
     merged = out["subsets"][0]["mergers"]
     assert all("repair" in record for record in merged.values())
     assert merged["c2m3"]["cycle_error"]["max"] == 0.0
+
+
+# --------------------------------------------------------------------------- the reference's norm and shortcut
+
+def test_channel_norm_is_a_layer_norm_of_the_channel_axis_at_each_position():
+    """norm ``channel`` = the reference's LayerNorm2d: ``nn.LayerNorm((C,))`` on the channels-last tensor."""
+    from weaving.align.models import ChannelNorm2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 6, generator=g)
+    ours = ChannelNorm2d(5)
+    reference = nn.LayerNorm((5,))
+    with torch.no_grad():
+        for module in (ours, reference):
+            module.weight.copy_(torch.linspace(0.5, 1.5, 5))
+            module.bias.copy_(torch.linspace(-1, 1, 5))
+        expected = reference(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(ours(x), expected)
+        mean = x.mean(dim=1, keepdim=True)  # by hand: each position over its channels
+        var = x.var(dim=1, unbiased=False, keepdim=True)
+        by_hand = (x - mean) / torch.sqrt(var + 1e-5) * ours.weight.view(1, -1, 1, 1) + ours.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(ours(x), by_hand)
+    assert set(ours.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("arch,layout", [
+    ("vgg", TINY),
+    ("resnet", {"width": [4, 6, 8], "blocks_per_stage": 3, "stem_kernel": 3, "stem_stride": 1, "shortcut_kernel": 3}),
+])
+def test_reference_norm_and_shortcut_keep_the_function_under_permutation(arch, layout):
+    """ResNet20's layout with the reference's choices (norm over channels, 3x3 shortcut convs) and the VGG
+    with that norm: a random permutation by the spec leaves the outputs unchanged; the spec is the same as
+    with ``layer`` norm (same keys)."""
+    model = build_model(arch, in_channels=2, image_size=16, num_classes=3, norm="channel", seed=1, **layout).eval()
+    same_keys = build_model(arch, in_channels=2, image_size=16, num_classes=3, norm="layer", seed=1, **layout)
+    spec = model_spec(model)
+    assert spec == model_spec(same_keys)
+    sd = state(model)
+    moved = apply_permutation(spec, sd, random_permutation(check_models(spec, [sd, sd]),
+                                                           torch.Generator().manual_seed(4)))
+    other = build_model(arch, in_channels=2, image_size=16, num_classes=3, norm="channel", **layout).eval()
+    other.load_state_dict(moved)
+    x = x_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=1e-5, atol=1e-5)
+    if arch == "resnet":
+        assert sd["stages.1.0.shortcut.conv.weight"].shape == (6, 4, 3, 3)
+        with pytest.raises(ParamError, match="odd"):
+            build_model(arch, in_channels=2, image_size=16, num_classes=3, **{**layout, "shortcut_kernel": 2})
+
+
+def test_a_non_default_shortcut_kernel_is_recorded_and_rebuilt():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(16, 8, 8, 1)).astype(np.uint8)
+    labels = np.arange(16) % 3
+    kw = {"num_models": 2, "seed": 0, "width": [2, 4], "num_classes": 3, "stem_stride": 1,
+          "config": TrainConfig(epochs=1, batch_size=8)}
+    plain = train_models("resnet", images, labels, **kw)
+    assert "shortcut_kernel" not in plain.model_kwargs  # the default leaves earlier runs' records unchanged
+    reference = train_models("resnet", images, labels, shortcut_kernel=3, norm="channel", **kw)
+    assert reference.model_kwargs["shortcut_kernel"] == 3 and reference.model_kwargs["norm"] == "channel"
+    rebuilt = reference.build()
+    rebuilt.load_state_dict(reference.state_dicts[1])
+    assert rebuilt.stages[1][0].shortcut.conv.kernel_size == (3, 3)

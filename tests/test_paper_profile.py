@@ -112,7 +112,8 @@ def test_paper_profile_runs_c2m3s_grid_with_the_references_architectures() -> No
     w, depth = 4, 22
     resnet = c2m3["resnet"]
     assert resnet["width"] == [16 * w, 32 * w, 64 * w] and resnet["blocks_per_stage"] == (depth - 4) // 6
-    assert (resnet["stem_kernel"], resnet["stem_stride"], resnet["norm"]) == (3, 1, "layer")
+    assert (resnet["stem_kernel"], resnet["stem_stride"], resnet["shortcut_kernel"]) == (3, 1, 3)
+    assert resnet["norm"] == "channel"  # LayerNorm2d of src/ccmm/models/utils.py: nn.LayerNorm over the channels
     vgg16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     stages, current = [], []
     for entry in vgg16:
@@ -123,7 +124,7 @@ def test_paper_profile_runs_c2m3s_grid_with_the_references_architectures() -> No
             current.append(entry)
     vgg = c2m3["vgg"]
     assert vgg["width"] == [s[0] for s in stages] and vgg["convs_per_stage"] == [len(s) for s in stages]
-    assert all(len(set(s)) == 1 for s in stages) and vgg["classifier_width"] == 512 and vgg["norm"] == "layer"
+    assert all(len(set(s)) == 1 for s in stages) and vgg["classifier_width"] == 512 and vgg["norm"] == "channel"
     epochs = {arch: (c2m3[arch]["train"]["epochs"], c2m3[arch]["train"]["batch_size"]) for arch in c2m3["archs"]}
     assert epochs == {"mlp": (100, 512), "resnet": (250, 100), "vgg": (100, 100)}  # the reference's trainer configs
     params = load_params(ROOT / "profiles" / "paper.yaml")  # validates the whole profile, c2m3 block included

@@ -122,9 +122,10 @@ class ModelLayout(_AlignRecord):
     num_classes: Count
     width: list[Count] = Field(min_length=1)
     blocks_per_stage: Count | None = None
-    norm: Literal["layer", "batch"] | None = None
+    norm: Literal["layer", "channel", "batch"] | None = None
     stem_kernel: Count | None = None
     stem_stride: Count | None = None
+    shortcut_kernel: Count | None = Field(default=None, description="ResNet: kernel of the shortcut convs, when not 1")
     convs_per_stage: list[Count] | None = Field(default=None, description="VGG: convs in each stage")
     classifier_width: Count | None = Field(default=None, description="VGG: width of the hidden linear layers")
     parameters: Count

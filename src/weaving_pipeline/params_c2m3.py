@@ -75,10 +75,20 @@ class ResnetParams(_Strict):
 
     width: list[int] = Field(min_length=1, description="channels of each stage")
     blocks_per_stage: int = Field(default=1, ge=1)
-    norm: Literal["layer", "batch"] = Field(default="layer", description="LayerNorm2d (the reference's) or BatchNorm2d")
+    norm: Literal["layer", "channel", "batch"] = Field(
+        default="layer", description="layer: GroupNorm(1) over channels and positions; channel: over the channels at "
+                                     "each position (the reference's LayerNorm2d); batch: BatchNorm2d")
     stem_kernel: int = Field(default=3, ge=1)
     stem_stride: int = Field(default=2, ge=1)
+    shortcut_kernel: int = Field(default=1, ge=1, description="kernel of the shortcut convs (the reference's: 3)")
     train: AlignTrainParams
+
+    @field_validator("shortcut_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"{value}: an odd kernel (padding k // 2 keeps the block's output size)")
+        return value
 
     @field_validator("width")
     @classmethod
@@ -93,7 +103,9 @@ class VggParams(_Strict):
     width: list[int] = Field(default=[64, 128, 256, 512, 512], min_length=1, description="channels of each stage")
     convs_per_stage: list[int] = Field(default=[2, 2, 3, 3, 3], min_length=1, description="convs in each stage")
     classifier_width: int = Field(default=512, ge=1, description="width of the two hidden linear layers")
-    norm: Literal["layer", "batch"] = Field(default="layer", description="LayerNorm2d (the reference's) or BatchNorm2d")
+    norm: Literal["layer", "channel", "batch"] = Field(
+        default="layer", description="layer: GroupNorm(1) over channels and positions; channel: over the channels at "
+                                     "each position (the reference's LayerNorm2d); batch: BatchNorm2d")
     train: AlignTrainParams
 
     @field_validator("width", "convs_per_stage")

@@ -87,6 +87,7 @@ def train_models(
     norm: str = "layer",
     stem_kernel: int = 3,
     stem_stride: int = 2,
+    shortcut_kernel: int = 1,
     convs_per_stage: Sequence[int] = VGG16_CONVS_PER_STAGE,
     classifier_width: int = 512,
     config: TrainConfig | None = None,
@@ -119,6 +120,8 @@ def train_models(
     if arch == "resnet":
         kwargs.update({"blocks_per_stage": blocks_per_stage, "norm": norm, "stem_kernel": stem_kernel,
                        "stem_stride": stem_stride})
+        if shortcut_kernel != 1:  # recorded only when not the default, so earlier runs' records stay as they were
+            kwargs["shortcut_kernel"] = shortcut_kernel
     elif arch == "vgg":
         kwargs.update({"convs_per_stage": [int(c) for c in convs_per_stage], "classifier_width": classifier_width,
                        "norm": norm})
