@@ -5,7 +5,7 @@ and merges, for every size `n` of `c2m3.subset_sizes`, the first `n` models (and
 `c2m3.subsets_per_size - 1` more subsets drawn with `c2m3.seed`) by naive averaging, pairwise
 matching to the first model, MergeMany and C2M3 (`weaving.align.experiment.run_alignment_experiment`;
 at most `c2m3.fw_max_iter` Frank-Wolfe iterations, the linear assignments in `threads` threads;
-REPAIR of the ResNet's merges on the first `c2m3.repair_samples` training images), evaluated on the
+REPAIR of the conv nets' (ResNet, VGG) merges on the first `c2m3.repair_samples` training images), evaluated on the
 prepared `test` split. Writes `metrics/align/<dataset>-<arch>.json` (`weaving.metrics_align.AlignMetrics`).
 """
 

@@ -113,8 +113,10 @@ def test_bad_requests_exit_2(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["align", "--spec", "mlp", "--models", paths[0], "--out", out]) == 2
     assert "at least 2 models" in capsys.readouterr().err
-    assert main(["align", "--spec", "vgg", "--models", *paths, "--out", out]) == 2
+    assert main(["align", "--spec", "convnext", "--models", *paths, "--out", out]) == 2
     assert "neither a built-in layout" in capsys.readouterr().err
+    assert main(["align", "--spec", "vgg", "--models", *paths, "--out", out]) != 0  # built in, but these are MLPs
+    assert "not the built-in 'vgg' layout" in capsys.readouterr().err
     assert main(["align", "--spec", "mlp", "--models", *paths, "--out", out, "--method", "ties"]) == 2
     twin = tmp_path / "twin"
     twin.mkdir()

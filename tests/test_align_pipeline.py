@@ -33,7 +33,7 @@ MERGERS = ["naive", "pairwise", "mergemany", "c2m3"]
 def test_every_profile_has_a_c2m3_block(profile: str) -> None:
     params = load_params(ROOT / profile)
     c2m3 = params.c2m3
-    assert c2m3.num_models >= 2 and set(c2m3.archs) <= {"mlp", "resnet"}
+    assert c2m3.num_models >= 2 and set(c2m3.archs) <= {"mlp", "resnet", "vgg"}
     assert all(2 <= n <= c2m3.num_models for n in c2m3.subset_sizes)
     assert set(c2m3.datasets) <= set(params.datasets)
 
@@ -60,12 +60,20 @@ def test_the_params_architectures_are_the_librarys() -> None:
         (lambda p: p["c2m3"].update(num_models=1), ["c2m3.num_models", "at least 2"]),
         (lambda p: p["c2m3"].update(subset_sizes=[2, 7]), ["c2m3", "subset_sizes[1] = 7", "2..num_models = 5"]),
         (lambda p: p["c2m3"].update(subset_sizes=[1]), ["c2m3", "subset_sizes[0] = 1"]),
-        (lambda p: p["c2m3"].update(archs=["mlp", "vgg16"]), ["c2m3.archs", "vgg16", "mlp", "resnet"]),
+        (lambda p: p["c2m3"].update(archs=["mlp", "vgg16"]), ["c2m3.archs", "vgg16", "mlp", "resnet", "vgg"]),
+        (lambda p: p["c2m3"].update(archs=["mlp", "vgg"]), ["c2m3", "archs lists ['vgg']", "no 'vgg' entry"]),
+        (lambda p: p["c2m3"].update(vgg={"width": [4, 4], "convs_per_stage": [1], "train": {
+            "epochs": 1, "batch_size": 8, "lr": 0.1}}), ["c2m3.vgg", "convs_per_stage has 1 entries, width 2"]),
+        (lambda p: p["c2m3"].update(vgg={"width": [4, 0], "train": {"epochs": 1, "batch_size": 8, "lr": 0.1}}),
+         ["c2m3.vgg.width", "[1] = 0"]),
+        (lambda p: p["c2m3"].update(vgg={"width": [4], "convs_per_stage": [1], "classifier_width": 0, "train": {
+            "epochs": 1, "batch_size": 8, "lr": 0.1}}), ["c2m3.vgg.classifier_width"]),
         (lambda p: p["c2m3"].update(datasets=["cifar10"]), ["c2m3.datasets", "cifar10", "mnist"]),
         (lambda p: p["c2m3"].update(datasets=["optdigits", "svhn"]), ["c2m3.datasets", "svhn", "datasets"]),
         (lambda p: p["c2m3"]["mlp"].update(width=[128, 0]), ["c2m3.mlp.width", "[1] = 0"]),
         (lambda p: p["c2m3"]["resnet"].update(width=[]), ["c2m3.resnet.width"]),
         (lambda p: p["c2m3"]["resnet"].update(norm="group"), ["c2m3.resnet.norm"]),
+        (lambda p: p["c2m3"]["resnet"].update(shortcut_kernel=2), ["c2m3.resnet.shortcut_kernel", "odd"]),
         (lambda p: p["c2m3"]["resnet"]["train"].update(lr=0), ["c2m3.resnet.train.lr"]),
         (lambda p: p["c2m3"]["mlp"]["train"].update(epochs=0), ["c2m3.mlp.train.epochs"]),
         (lambda p: p["c2m3"].update(barrier_points=1), ["c2m3.barrier_points"]),
@@ -185,7 +193,7 @@ def test_a_hand_made_file_validates_and_writes_back_byte_identical(tmp_path: Pat
          "'subsets[0].mergers.naive.repair' is due exactly when 'repair' is true"),
         (lambda d: d["summary"].pop(), "'summary' must hold one entry per subset size [2, 3, 5]"),
         (lambda d: d["path"]["c2m3"]["loss"].pop(), "'path.c2m3' needs one loss and one accuracy per lambda"),
-        (lambda d: d.update(arch="vgg"), "'arch'"),
+        (lambda d: d.update(arch="vit"), "'arch'"),
         (lambda d: d["subsets"][0]["mergers"].update(zipit=d["subsets"][0]["mergers"]["naive"]),
          "names unregistered merger(s) ['zipit']"),
         (lambda d: d.update(extra=1), "unknown key(s) ['extra']"),

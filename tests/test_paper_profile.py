@@ -94,3 +94,62 @@ def test_paper_profile_aligns_resnet20_at_4x_width_on_cifar100() -> None:
     assert c2m3["resnet"]["width"] == [64, 128, 256] and c2m3["resnet"]["blocks_per_stage"] == 3
     assert c2m3["mlp"]["width"] == [512, 512, 512, 256]
     assert c2m3["num_models"] == 5 and c2m3["subset_sizes"] == [2, 3, 5]
+
+
+# --- C2M3's paper grid (docs/align.md, "Paper profile"): the reference's architectures on its four datasets ----------
+
+def test_paper_profile_runs_c2m3s_grid_with_the_references_architectures() -> None:
+    """crisostomi/cycle-consistent-model-merging: MLP 512-512-512-256 (conf/model/mlp.yaml, 4 hidden layers),
+    ResNet(depth=22, widen_factor=4) = ResNet20 x4 (conf/model/resnet20.yaml; stages of (22 - 4) / 6 = 3 blocks at
+    16w, 32w, 64w), VGG16 (src/ccmm/models/vgg.py cfg["VGG16"], classifier 512), LayerNorm ("ln");
+    datasets MNIST, EMNIST (letters), CIFAR-10, CIFAR-100 (conf/dataset/)."""
+    from weaving_pipeline.params import load_params
+
+    c2m3 = PAPER["c2m3"]
+    assert c2m3["archs"] == ["mlp", "resnet", "vgg"]
+    assert sorted(c2m3["datasets"]) == ["cifar10", "cifar100", "emnist", "mnist"]
+    assert set(c2m3["datasets"]) <= set(PAPER["datasets"])
+    w, depth = 4, 22
+    resnet = c2m3["resnet"]
+    assert resnet["width"] == [16 * w, 32 * w, 64 * w] and resnet["blocks_per_stage"] == (depth - 4) // 6
+    assert (resnet["stem_kernel"], resnet["stem_stride"], resnet["shortcut_kernel"]) == (3, 1, 3)
+    assert resnet["norm"] == "channel"  # LayerNorm2d of src/ccmm/models/utils.py: nn.LayerNorm over the channels
+    vgg16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    stages, current = [], []
+    for entry in vgg16:
+        if entry == "M":
+            stages.append(current)
+            current = []
+        else:
+            current.append(entry)
+    vgg = c2m3["vgg"]
+    assert vgg["width"] == [s[0] for s in stages] and vgg["convs_per_stage"] == [len(s) for s in stages]
+    assert all(len(set(s)) == 1 for s in stages) and vgg["classifier_width"] == 512 and vgg["norm"] == "channel"
+    epochs = {arch: (c2m3[arch]["train"]["epochs"], c2m3[arch]["train"]["batch_size"]) for arch in c2m3["archs"]}
+    assert epochs == {"mlp": (100, 512), "resnet": (250, 100), "vgg": (100, 100)}  # the reference's trainer configs
+    params = load_params(ROOT / "profiles" / "paper.yaml")  # validates the whole profile, c2m3 block included
+    assert params.c2m3.vgg is not None and params.c2m3.vgg.convs_per_stage == [2, 2, 3, 3, 3]
+
+
+def test_paper_grid_models_build_for_every_dataset_shape() -> None:
+    """Every cell of the grid can be built: 28x28 grey (MNIST, EMNIST) and 32x32 colour (CIFAR) images, the
+    class counts of the registry's metadata; the VGG's five pools reach 1x1 on both sizes."""
+    from weaving.align.models import build_model
+    from weaving.datasets.metadata import load_metadata
+
+    c2m3 = PAPER["c2m3"]
+    shapes = {"mnist": (1, 28), "emnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32)}
+    classes = {name: len(load_metadata(name, "paper").classnames) for name in c2m3["datasets"]}
+    assert classes == {"mnist": 10, "emnist": 26, "cifar10": 10, "cifar100": 100}
+    for dataset in c2m3["datasets"]:
+        channels, size = shapes[dataset]
+        for arch in c2m3["archs"]:
+            layout = {k: v for k, v in c2m3[arch].items() if k != "train"}
+            # at 1/16 of the width: the layout is the paper's, the test stays cheap
+            layout["width"] = [max(1, v // 16) for v in layout["width"]]
+            if arch == "vgg":
+                layout["classifier_width"] = 32
+            model = build_model(arch, in_channels=channels, image_size=size, num_classes=classes[dataset], seed=0,
+                                **layout)
+            with torch.no_grad():
+                assert model(torch.zeros(2, channels, size, size)).shape == (2, classes[dataset]), (dataset, arch)

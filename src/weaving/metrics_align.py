@@ -122,9 +122,12 @@ class ModelLayout(_AlignRecord):
     num_classes: Count
     width: list[Count] = Field(min_length=1)
     blocks_per_stage: Count | None = None
-    norm: Literal["layer", "batch"] | None = None
+    norm: Literal["layer", "channel", "batch"] | None = None
     stem_kernel: Count | None = None
     stem_stride: Count | None = None
+    shortcut_kernel: Count | None = Field(default=None, description="ResNet: kernel of the shortcut convs, when not 1")
+    convs_per_stage: list[Count] | None = Field(default=None, description="VGG: convs in each stage")
+    classifier_width: Count | None = Field(default=None, description="VGG: width of the hidden linear layers")
     parameters: Count
 
 
@@ -151,12 +154,12 @@ class AlignMetrics(_AlignRecord):
     writer: ClassVar[tuple[str, str]] = ("align@<dataset>-<arch>", "stages/align.py")
 
     dataset: Name
-    arch: Literal["mlp", "resnet"]
+    arch: Literal["mlp", "resnet", "vgg"]
     model: ModelLayout
     groups: dict[str, Count] = Field(description="permutation group -> units")
     num_models: Annotated[int, Field(strict=True, ge=2, description="N, the models trained")]
     seed: int
-    repair: bool = Field(description="REPAIR ran on every merge (the ResNet)")
+    repair: bool = Field(description="REPAIR ran on every merge (the conv nets: ResNet, VGG)")
     repair_samples: Count
     normalisation: Normalisation
     train: TrainRecipe

@@ -6,8 +6,10 @@ For every dataset of ``c2m3.datasets`` and architecture of ``c2m3.archs`` (the s
 of them for every ``n`` of ``subset_sizes`` (and ``subsets_per_size - 1`` more subsets of ``n``
 models drawn with ``seed``) with naive averaging, pairwise matching, MergeMany and C2M3
 (``run_alignment_experiment``; REPAIR on the first ``repair_samples`` training images for the
-ResNet). Per architecture: its widths and layout (``mlp``: hidden sizes; ``resnet``: stage widths,
-blocks per stage, norm, stem) and its training recipe (``train``: Adam, cosine decay).
+ResNet and the VGG). Per architecture: its widths and layout (``mlp``: hidden sizes; ``resnet``: stage
+widths, blocks per stage, norm, stem; ``vgg``: stage widths, convs per stage, classifier width, norm) and
+its training recipe (``train``: Adam, cosine decay). ``vgg`` is optional (absent from the embedded
+default); an architecture listed in ``archs`` must have its block.
 
 Checks (each error names its key): at least 2 models; every subset size in ``2..num_models``;
 datasets registered (``weaving.datasets``) with uint8 image arrays and prepared by the ``data``
@@ -22,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ARCHITECTURES = ("mlp", "resnet")
+ARCHITECTURES = ("mlp", "resnet", "vgg")
 """As `weaving.align.models.ARCHITECTURES` (a test keeps them equal; that module imports torch)."""
 
 
@@ -73,15 +75,50 @@ class ResnetParams(_Strict):
 
     width: list[int] = Field(min_length=1, description="channels of each stage")
     blocks_per_stage: int = Field(default=1, ge=1)
-    norm: Literal["layer", "batch"] = Field(default="layer", description="LayerNorm2d (the reference's) or BatchNorm2d")
+    norm: Literal["layer", "channel", "batch"] = Field(
+        default="layer", description="layer: GroupNorm(1) over channels and positions; channel: over the channels at "
+                                     "each position (the reference's LayerNorm2d); batch: BatchNorm2d")
     stem_kernel: int = Field(default=3, ge=1)
     stem_stride: int = Field(default=2, ge=1)
+    shortcut_kernel: int = Field(default=1, ge=1, description="kernel of the shortcut convs (the reference's: 3)")
     train: AlignTrainParams
+
+    @field_validator("shortcut_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"{value}: an odd kernel (padding k // 2 keeps the block's output size)")
+        return value
 
     @field_validator("width")
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
         return _positive_widths(values)
+
+
+class VggParams(_Strict):
+    """`weaving.align.models.VGG`: stages of 3x3 conv + norm + ReLU, each ending in a 2x2 max pool; three
+    linear layers. The defaults are the reference's VGG16 (13 convs, widths 64-128-256-512-512, classifier 512)."""
+
+    width: list[int] = Field(default=[64, 128, 256, 512, 512], min_length=1, description="channels of each stage")
+    convs_per_stage: list[int] = Field(default=[2, 2, 3, 3, 3], min_length=1, description="convs in each stage")
+    classifier_width: int = Field(default=512, ge=1, description="width of the two hidden linear layers")
+    norm: Literal["layer", "channel", "batch"] = Field(
+        default="layer", description="layer: GroupNorm(1) over channels and positions; channel: over the channels at "
+                                     "each position (the reference's LayerNorm2d); batch: BatchNorm2d")
+    train: AlignTrainParams
+
+    @field_validator("width", "convs_per_stage")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        return _positive_widths(values)
+
+    @model_validator(mode="after")
+    def _one_count_per_stage(self) -> VggParams:
+        if len(self.convs_per_stage) != len(self.width):
+            raise ValueError(f"convs_per_stage has {len(self.convs_per_stage)} entries, width {len(self.width)}: "
+                             f"one conv count per stage")
+        return self
 
 
 class C2m3Params(_Strict):
@@ -98,6 +135,7 @@ class C2m3Params(_Strict):
     barrier_points: int = Field(default=11, ge=2, description="points on the linear path between models 0 and 1")
     mlp: MlpParams
     resnet: ResnetParams
+    vgg: VggParams | None = Field(default=None, description="needed when archs lists vgg")
 
     @field_validator("num_models")
     @classmethod
@@ -135,6 +173,10 @@ class C2m3Params(_Strict):
             i, n = bad[0]
             raise ValueError(f"subset_sizes[{i}] = {n}: a subset size must be in 2..num_models = {self.num_models}")
         _distinct(self.subset_sizes)
+        missing = [a for a in self.archs if getattr(self, a) is None]
+        if missing:
+            raise ValueError(f"archs lists {missing} but the c2m3 block has no {missing[0]!r} entry (its layout "
+                             f"and train recipe)")
         return self
 
 

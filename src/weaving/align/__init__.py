@@ -51,6 +51,7 @@ from weaving.align.spec import (
     mlp_spec,
     resnet_spec,
     save_spec,
+    vgg_spec,
 )
 
 __all__ = [
@@ -86,5 +87,6 @@ __all__ = [
     "sync_gradient",
     "sync_objective",
     "universe_average",
+    "vgg_spec",
     "weight_matching",
 ]

@@ -1,6 +1,6 @@
 """``weaving align``: permute models trained from different initialisations into one frame, optionally merge.
 
-    weaving align --spec mlp|resnet|SPEC.json --models A B C --out DIR [--merge] [--method c2m3]
+    weaving align --spec mlp|resnet|vgg|SPEC.json --models A B C --out DIR [--merge] [--method c2m3]
 
 Writes ``DIR/<model file stem>.safetensors`` for every model, permuted into the common frame
 (C2M3's universe by default), ``DIR/permutations.json`` (per model and group, the index
@@ -35,8 +35,8 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
         "align", help="align models trained from different initialisations (C2M3) and optionally merge them",
         description="Permute every model into one frame (C2M3's universe by default) so that weights can be "
                     "averaged; see docs/align.md.")
-    parser.add_argument("--spec", required=True, metavar="mlp|resnet|FILE",
-                        help="permutation spec: a built-in layout (mlp, resnet) or a spec JSON file")
+    parser.add_argument("--spec", required=True, metavar="mlp|resnet|vgg|FILE",
+                        help="permutation spec: a built-in layout (mlp, resnet, vgg) or a spec JSON file")
     parser.add_argument("--models", required=True, nargs="+", metavar="PATH",
                         help="two or more checkpoints of one architecture (.safetensors, .pt/.bin, sharded index)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")

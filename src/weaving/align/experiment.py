@@ -27,6 +27,7 @@ from tqdm import tqdm
 from weaving.align.merge import MERGERS, align, pairwise_maps_for_cycles
 from weaving.align.models import (
     ARCHITECTURES,
+    VGG16_CONVS_PER_STAGE,
     TrainConfig,
     build_model,
     evaluate,
@@ -86,6 +87,9 @@ def train_models(
     norm: str = "layer",
     stem_kernel: int = 3,
     stem_stride: int = 2,
+    shortcut_kernel: int = 1,
+    convs_per_stage: Sequence[int] = VGG16_CONVS_PER_STAGE,
+    classifier_width: int = 512,
     config: TrainConfig | None = None,
     progress: bool = False,
     device: str | torch.device = "cpu",
@@ -116,6 +120,11 @@ def train_models(
     if arch == "resnet":
         kwargs.update({"blocks_per_stage": blocks_per_stage, "norm": norm, "stem_kernel": stem_kernel,
                        "stem_stride": stem_stride})
+        if shortcut_kernel != 1:  # recorded only when not the default, so earlier runs' records stay as they were
+            kwargs["shortcut_kernel"] = shortcut_kernel
+    elif arch == "vgg":
+        kwargs.update({"convs_per_stage": [int(c) for c in convs_per_stage], "classifier_width": classifier_width,
+                       "norm": norm})
     state_dicts, losses = [], []
     for i in tqdm(range(num_models), desc=f"train {arch}", unit="model", disable=not progress, leave=False):
         model = build_model(arch, seed=seed + i, **kwargs).to(device)
@@ -174,7 +183,7 @@ def run_alignment_experiment(
     """Merge subsets of ``trained`` with every merger and evaluate (module docstring).
 
     The first ``repair_samples`` of ``repair_images`` (uint8; training images in the pipeline)
-    feed REPAIR, which runs on every merge when ``use_repair`` (default: for the ResNet only).
+    feed REPAIR, which runs on every merge when ``use_repair`` (default: for the conv nets, ResNet and VGG).
     ``workers``: threads for C2M3's linear assignments. Returns a JSON-able dict.
     """
     num_models = len(trained.state_dicts)
@@ -189,7 +198,7 @@ def run_alignment_experiment(
     if barrier_points < 2:
         raise ParamError(f"barrier_points must be >= 2, got {barrier_points!r}")
     _check_images(test_images, test_labels, "test")
-    use_repair = trained.arch == "resnet" if use_repair is None else use_repair
+    use_repair = trained.arch in ("resnet", "vgg") if use_repair is None else use_repair
     if use_repair:
         if repair_images is None:
             raise ParamError("REPAIR needs repair_images (uint8 [N, H, W, C])")

@@ -45,11 +45,12 @@ __all__ = [
     "mlp_spec",
     "resnet_spec",
     "save_spec",
+    "vgg_spec",
 ]
 
 SPEC_FORMAT = "weaving.align.spec"
 SPEC_VERSION = 1
-BUILTIN_SPECS = ("mlp", "resnet")
+BUILTIN_SPECS = ("mlp", "resnet", "vgg")
 NORMS = ("layer", "batch")
 
 
@@ -208,6 +209,34 @@ def resnet_spec(widths: Sequence[int], blocks_per_stage: int = 1, norm: str = "l
     return PermutationSpec(axes)
 
 
+def vgg_spec(num_convs: int, num_dense: int = 3, norm: str = "layer") -> PermutationSpec:
+    """Spec of ``weaving.align.models.VGG``: a chain, as the reference's ``VGG16PermutationSpecBuilder``.
+
+    Conv ``i`` (``features.<i>.conv``) has group ``P_conv{i}`` on its rows and bias, shared by the
+    norm after it (``features.<i>.norm``), and ``P_conv{i-1}`` on its columns (the first conv's
+    columns are the image channels: unpermuted). Max pools and the flatten of a 1x1 map keep
+    channels in place, so the first classifier layer's columns take the last conv's group;
+    hidden classifier layer ``j`` has ``P_dense{j}``; the output rows are never permuted.
+    """
+    if norm not in NORMS:
+        raise ParamError(f"vgg_spec: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if not isinstance(num_convs, int) or num_convs < 1 or not isinstance(num_dense, int) or num_dense < 1:
+        raise ParamError(f"vgg_spec: need at least one conv and one linear layer, got num_convs={num_convs!r}, "
+                         f"num_dense={num_dense!r}")
+    axes: dict[str, tuple[str | None, ...]] = {}
+    previous: str | None = None
+    for i in range(num_convs):
+        group = f"P_conv{i}"
+        axes.update(_conv(f"features.{i}.conv", group, previous))
+        axes.update(_norm(f"features.{i}.norm", group, norm))
+        previous = group
+    for j in range(num_dense):
+        rows = f"P_dense{j}" if j < num_dense - 1 else None
+        axes.update(_linear(f"classifier.{j}", rows, previous))
+        previous = rows
+    return PermutationSpec(axes)
+
+
 def _mlp_from_keys(keys: Sequence[str], source: str) -> PermutationSpec:
     indices = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"layer(\d+)\.weight", k)))
     if len(indices) < 2 or indices != list(range(len(indices))):
@@ -232,12 +261,24 @@ def _resnet_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> P
     return resnet_spec(widths, blocks_per_stage, norm)
 
 
+def _vgg_from_keys(keys: Sequence[str], source: str) -> PermutationSpec:
+    convs = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"features\.(\d+)\.conv\.weight", k)))
+    dense = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"classifier\.(\d+)\.weight", k)))
+    if not convs or convs != list(range(len(convs))) or not dense or dense != list(range(len(dense))):
+        raise InputError(f"{source}: not the built-in 'vgg' layout (keys features.<i>.conv.weight, "
+                         f"classifier.<j>.weight, ...); write a spec file for this architecture")
+    norm = "batch" if "features.0.norm.running_mean" in keys else "layer"
+    return vgg_spec(len(convs), len(dense), norm)
+
+
 def builtin_spec(name: str, state_dict: Mapping[str, torch.Tensor], *, source: str = "model") -> PermutationSpec:
-    """The built-in spec ``name`` (``mlp`` or ``resnet``) sized from a state dict of that layout."""
+    """The built-in spec ``name`` (``mlp``, ``resnet`` or ``vgg``) sized from a state dict of that layout."""
     if name == "mlp":
         return _mlp_from_keys(list(state_dict), source)
     if name == "resnet":
         return _resnet_from_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, source)
+    if name == "vgg":
+        return _vgg_from_keys(list(state_dict), source)
     raise ParamError(f"unknown built-in spec {name!r}; valid: {', '.join(BUILTIN_SPECS)} (or a spec file path)")
 
 

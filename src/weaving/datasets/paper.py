@@ -3,7 +3,7 @@
 Each reader takes the dataset's raw folder (``<raw_dir>/<name>``) and returns its official
 splits; the split each follows is the one of the task-vector / MagMax literature (see
 SOURCES.md): SUN397 partition 1; Cars, GTSRB, SVHN, MNIST, CIFAR100, CUB200 official
-train/test; DTD partition 1 with train+val merged as train (as PAINT / task vectors);
+train/test; CIFAR-10 and EMNIST Letters (C2M3's datasets) official train/test; DTD partition 1 with train+val merged as train (as PAINT / task vectors);
 RESISC45 the published train/test lists of Neumann et al.; EuroSAT and ImageNet-R a
 seeded (seed 0) random split, since they have none (task vectors: 21,600/2,700/2,700 for
 EuroSAT; MagMax: 80/20 for ImageNet-R).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weaving.datasets.base import DatasetError, FilePool, RawDataset, array_pool, int64_labels
+from weaving.datasets.base import DatasetError, FilePool, RawDataset, array_pool, int64_labels, read_idx
 from weaving.datasets.splits import rng_for
 
 DTD_PARTITION = 1
@@ -102,6 +102,68 @@ def read_cifar100(root: Path, seed: int = 0) -> RawDataset:
         pools[split] = array_pool(images, int64_labels(data["fine_labels"]), split)
         files[f"cifar-100-python/{split}"] = path
     return RawDataset(pools, files, archive_classnames=names, notes={"split": "official train/test pickles"})
+
+
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+EMNIST_SPLIT = "letters"  # C2M3's EMNIST (the reference's conf/dataset/emnist.yaml: split letters, 26 classes)
+EMNIST_CLASSES = 26
+
+
+def _cifar_images(data: dict, path: Path, dataset: str) -> np.ndarray:
+    raw = np.asarray(data["data"], dtype=np.uint8)
+    if raw.ndim != 2 or raw.shape[1] != 3072:
+        raise DatasetError(f"{dataset}: {path}: 'data' must be [N, 3072], got {raw.shape}")
+    return np.ascontiguousarray(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def read_cifar10(root: Path, seed: int = 0) -> RawDataset:
+    """CIFAR-10 python version: ``cifar-10-batches-py/data_batch_{1..5}`` (train, in that order),
+    ``test_batch`` and ``batches.meta`` (``label_names``)."""
+    base = _need(root / "cifar-10-batches-py", "cifar10", "folder cifar-10-batches-py (from cifar-10-python.tar.gz)")
+    meta = _unpickle(_need(base / "batches.meta", "cifar10", "cifar-10-batches-py/batches.meta"))
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    files = {"cifar-10-batches-py/batches.meta": base / "batches.meta"}
+    pools = {}
+    for split, batches in (("train", CIFAR10_TRAIN_BATCHES), ("test", ("test_batch",))):
+        images, labels = [], []
+        for batch in batches:
+            path = _need(base / batch, "cifar10", f"cifar-10-batches-py/{batch}")
+            data = _unpickle(path)
+            images.append(_cifar_images(data, path, "cifar10"))
+            labels.append(int64_labels(data["labels"]))
+            files[f"cifar-10-batches-py/{batch}"] = path
+        pools[split] = array_pool(np.concatenate(images), np.concatenate(labels), split)
+    return RawDataset(pools, files, archive_classnames=names,
+                      notes={"split": "official: data_batch_1..5 (50,000) / test_batch (10,000)"})
+
+
+def emnist_file(split: str, kind: str) -> str:
+    """``emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz``, as in the ``gzip/`` folder of ``gzip.zip``."""
+    return f"emnist-{EMNIST_SPLIT}-{split}-{'images-idx3' if kind == 'images' else 'labels-idx1'}-ubyte.gz"
+
+
+def read_emnist(root: Path, seed: int = 0) -> RawDataset:
+    """EMNIST Letters: the IDX files ``gzip/emnist-letters-{train,test}-*.gz`` of NIST's ``gzip.zip`` (or the
+    same files placed directly in the folder). Labels 1..26 (the letters a..z, cases merged) become 0..25.
+    Images are kept as the files store them (transposed against MNIST's orientation), as torchvision's
+    ``EMNIST`` loads them for the C2M3 reference."""
+    pools, files = {}, {}
+    for split in ("train", "test"):
+        paths = [_first_existing(root, (f"gzip/{emnist_file(split, kind)}", emnist_file(split, kind)), "emnist",
+                                 emnist_file(split, kind)) for kind in ("images", "labels")]
+        images, labels = read_idx(paths[0]), read_idx(paths[1]).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or not len(labels):
+            raise DatasetError(f"emnist: {paths[0]} / {paths[1]}: expected images [N,H,W] and labels [N], "
+                               f"got {images.shape} and {labels.shape}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 1 or high > EMNIST_CLASSES:
+            raise DatasetError(f"emnist: {paths[1]}: letters labels must lie in 1..{EMNIST_CLASSES}, found {low}..{high}")
+        pools[split] = array_pool(np.ascontiguousarray(images[..., None], dtype=np.uint8), labels - 1, split)
+        files.update({path.name: path for path in paths})
+    return RawDataset(pools, files, notes={"split": "official EMNIST Letters train/test (124,800 / 20,800)",
+                                           "label": "file label - 1 (the files number the letters 1..26)",
+                                           "orientation": "as stored in the IDX files (torchvision's EMNIST, the "
+                                                          "C2M3 reference's input)"})
 
 
 # ---------------------------------------------------------------- files datasets

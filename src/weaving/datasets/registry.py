@@ -169,6 +169,26 @@ _SPECS = [
                      extract=True),
         )),
     ), "CIFAR-100, 32x32, official 50,000/10,000"),
+    # C2M3's datasets (docs/align.md, "Paper profile"): CIFAR-10 and EMNIST Letters
+    DatasetSpec("cifar10", "paper", "npz", (
+        _raw_source("cifar10", ("cifar-10-batches-py/batches.meta", "cifar-10-batches-py/test_batch",
+                                *(f"cifar-10-batches-py/{b}" for b in paper.CIFAR10_TRAIN_BATCHES)),
+                    paper.read_cifar10, (
+            Artifact("cifar-10-python.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                     "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+                     md5="c58f30108f718f92721af3b95e74349a", extract=True),
+        )),
+    ), "CIFAR-10, 32x32, official 50,000/10,000"),
+    DatasetSpec("emnist", "paper", "npz", (
+        _raw_source("emnist", tuple(f"gzip/{paper.emnist_file(split, kind)}|{paper.emnist_file(split, kind)}"
+                                    for split in ("train", "test") for kind in ("images", "labels")),
+                    paper.read_emnist, (
+            Artifact("gzip.zip", ("https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip",
+                                  "https://www.itl.nist.gov/iaui/vip/cs_links/EMNIST/gzip.zip"),
+                     "fb9bb67e33772a9cc0b895e4ecf36d2cf35be8b709693c3564cea2a019fcda8e", 561753746,
+                     md5="58c8d27c78d21e728a6bc7b3cc06412e", extract=True),
+        )),
+    ), "EMNIST Letters, 28x28, 26 classes, official 124,800/20,800"),
     DatasetSpec("gtsrb", "paper", "files", (
         _raw_source("gtsrb", ("GTSRB/Training", "GTSRB/Final_Test/Images", "GT-final_test.csv|GTSRB/GT-final_test.csv"),
                     paper.read_gtsrb, (
