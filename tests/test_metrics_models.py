@@ -211,7 +211,7 @@ def test_the_docs_example_is_a_valid_weave_record() -> None:
     (lambda d: (d.pop("tasks"), d.pop("sweep")), ["missing key(s) ['tasks', 'sweep']"]),
     (lambda d: d.update(note="x"), ["unknown key(s) ['note'] (allowed: ['model', 'setup', 'method', 'hparams', "
                                     "'lambdas', 'recommended_lam', 'baseline_lam', 'tasks', 'baseline', "
-                                    "'recommended', 'sweep', 'weaving', 'intervals'])"]),
+                                    "'recommended', 'sweep', 'weaving', 'intervals', 'extensions'])"]),
     (lambda d: d["baseline"].update(mnist=100.5), ["'baseline' has non-accuracy value(s) (need a finite number in "
                                                    "[0, 100]) for ['mnist']"]),
     (lambda d: d["baseline"].update(mnist=float("nan"), svhn=-1.0), ["'baseline' has non-accuracy value(s) (need a "
