@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
 from weaving.errors import ParamError
+from weaving_pipeline.params_base import Strict, distinct
 from weaving_pipeline.params_c2m3 import C2m3Params, check_c2m3  # C2M3 alignment (issue 13)
 from weaving_pipeline.params_merge3 import Merge3Params, check_merge3  # MERGE3 (docs/search.md)
 from weaving_pipeline.params_tsv import CompressParams, MassParams
@@ -29,11 +30,7 @@ class ParamsError(ParamError):
     """A bad ``params.yaml``: the message names the file, the key path and the valid choices."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """One CLIP model: an open_clip architecture and where its starting weights come from."""
 
     arch: str = Field(description="open_clip architecture name, e.g. ViT-B-32 or weaving-tiny-clip")
@@ -42,7 +39,7 @@ class ModelSpec(_Strict):
     )
 
 
-class DataLimits(_Strict):
+class DataLimits(Strict):
     """Per-split caps on the number of images (None: no cap; 0: empty split)."""
 
     pretrain: int | None = Field(ge=0)
@@ -51,14 +48,14 @@ class DataLimits(_Strict):
     test: int | None = Field(ge=0)
 
 
-class DataParams(_Strict):
+class DataParams(Strict):
     seed: int = 0
     limits: DataLimits
     allow_download: bool = False
     raw_dir: str = "data/raw"
 
 
-class ContinualBenchmark(_Strict):
+class ContinualBenchmark(Strict):
     """A class-incremental benchmark: ``dataset`` split into ``splits`` chunks of classes."""
 
     dataset: str
@@ -66,17 +63,14 @@ class ContinualBenchmark(_Strict):
     seed: int = 0
 
 
-class Suite(_Strict):
+class Suite(Strict):
     mtl: list[str] = Field(min_length=2, description="multi-task datasets; DG leaves one out at a time")
     cl: list[str] = Field(min_length=1, description="names of entries of cl_benchmarks")
 
     @field_validator("mtl", "cl")
     @classmethod
     def _unique(cls, names: list[str]) -> list[str]:
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"listed more than once: {duplicated}")
-        return names
+        return distinct(names)
 
 
 class FinetuneParams(FinetuneRecipe):
@@ -104,11 +98,11 @@ class FinetuneParams(FinetuneRecipe):
         return self
 
 
-class EvalParams(_Strict):
+class EvalParams(Strict):
     batch_size: int = Field(ge=1)
 
 
-class MethodParams(_Strict):
+class MethodParams(Strict):
     """A merge method's hyper-parameters, the authors' recommended lam and its search spaces."""
 
     hparams: dict[str, float | int | bool] = Field(default_factory=dict)
@@ -132,7 +126,7 @@ class MethodParams(_Strict):
         return spaces
 
 
-class ArtifactChoice(_Strict):
+class ArtifactChoice(Strict):
     """Which woven models the weave stages keep under `models/woven/` (one file per scenario)."""
 
     pooling: str = "avg"
@@ -148,7 +142,7 @@ class ArtifactChoice(_Strict):
         return setups
 
 
-class BootstrapParams(_Strict):
+class BootstrapParams(Strict):
     """Bootstrap intervals over test images of each weave stage's averages and gains (`weaving.stats`)."""
 
     resamples: int = Field(default=1000, ge=100, description="bootstrap draws (at least 100: weaving.stats.MIN_RESAMPLES)")
@@ -156,7 +150,7 @@ class BootstrapParams(_Strict):
     seed: int = Field(default=0, description="seed of the draws")
 
 
-class WeaveParams(_Strict):
+class WeaveParams(Strict):
     poolings: list[str] = Field(min_length=1)
     pool_over: list[Literal["all", "augmented"]] = Field(min_length=1)
     seed: int = 0
@@ -171,7 +165,7 @@ class WeaveParams(_Strict):
         "(docs/merging.md, 'Merge methods as poolings')")
 
 
-class Params(_Strict):
+class Params(Strict):
     """The whole of ``params.yaml``."""
 
     profile: Literal["embedded", "smoke", "paper"]

@@ -22,17 +22,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from weaving_pipeline.params_base import Strict, distinct
 
 ARCHITECTURES = ("mlp", "resnet", "vgg")
 """As `weaving.align.models.ARCHITECTURES` (a test keeps them equal; that module imports torch)."""
-
-
-class _Strict(BaseModel):
-    """As `weaving_pipeline.params._Strict` (unknown keys are errors), defined here so that params.py can
-    import this module at its top without a cycle."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _positive_widths(values: list[int]) -> list[int]:
@@ -42,7 +37,7 @@ def _positive_widths(values: list[int]) -> list[int]:
     return values
 
 
-class AlignTrainParams(_Strict):
+class AlignTrainParams(Strict):
     """Adam with a cosine decay to 0 (`weaving.align.models.TrainConfig`)."""
 
     epochs: int = Field(ge=1, description="passes over the training split")
@@ -58,7 +53,7 @@ class AlignTrainParams(_Strict):
         return value
 
 
-class MlpParams(_Strict):
+class MlpParams(Strict):
     """`weaving.align.models.MLP`: input -> width[0] -> ... -> width[-1] -> classes, ReLU between."""
 
     width: list[int] = Field(min_length=1, description="hidden sizes")
@@ -70,7 +65,7 @@ class MlpParams(_Strict):
         return _positive_widths(values)
 
 
-class ResnetParams(_Strict):
+class ResnetParams(Strict):
     """`weaving.align.models.ResNet`: a stem conv, stages of residual blocks, global pooling, a linear head."""
 
     width: list[int] = Field(min_length=1, description="channels of each stage")
@@ -96,7 +91,7 @@ class ResnetParams(_Strict):
         return _positive_widths(values)
 
 
-class VggParams(_Strict):
+class VggParams(Strict):
     """`weaving.align.models.VGG`: stages of 3x3 conv + norm + ReLU, each ending in a 2x2 max pool; three
     linear layers. The defaults are the reference's VGG16 (13 convs, widths 64-128-256-512-512, classifier 512)."""
 
@@ -121,7 +116,7 @@ class VggParams(_Strict):
         return self
 
 
-class C2m3Params(_Strict):
+class C2m3Params(Strict):
     """C2M3 (Crisostomi et al., NeurIPS 2024) against naive averaging, pairwise matching and MergeMany."""
 
     datasets: list[str] = Field(min_length=1, description="datasets of the stages' matrix (prepared by `data`)")
@@ -150,7 +145,7 @@ class C2m3Params(_Strict):
         unknown = [a for a in values if a not in ARCHITECTURES]
         if unknown:
             raise ValueError(f"unknown architecture(s) {unknown}; valid: {list(ARCHITECTURES)}")
-        return _distinct(values)
+        return distinct(values)
 
     @field_validator("datasets")
     @classmethod
@@ -164,7 +159,7 @@ class C2m3Params(_Strict):
         if files:
             raise ValueError(f"dataset(s) {files} are not stored as image arrays (format 'files'); the alignment "
                              f"stages need uint8 arrays (format 'npz')")
-        return _distinct(values)
+        return distinct(values)
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> C2m3Params:
@@ -172,7 +167,7 @@ class C2m3Params(_Strict):
         if bad:
             i, n = bad[0]
             raise ValueError(f"subset_sizes[{i}] = {n}: a subset size must be in 2..num_models = {self.num_models}")
-        _distinct(self.subset_sizes)
+        distinct(self.subset_sizes)
         missing = [a for a in self.archs if getattr(self, a) is None]
         if missing:
             raise ValueError(f"archs lists {missing} but the c2m3 block has no {missing[0]!r} entry (its layout "
@@ -180,11 +175,6 @@ class C2m3Params(_Strict):
         return self
 
 
-def _distinct(values: list) -> list:
-    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-    if repeated:
-        raise ValueError(f"listed more than once: {repeated}")
-    return values
 
 
 def check_c2m3(c2m3: C2m3Params, datasets: list[str]) -> None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+
+from weaving_pipeline.params_base import Strict, distinct
 
 SEARCH_METHODS = ("task_arithmetic", "ties", "dare")
 """`weaving.search.SEARCH_METHODS`."""
@@ -54,13 +56,7 @@ def minimum_population_size(num_tasks: int, irt_dims: int) -> int:
     return max(0, minimum_subjects(irt_dims) - 1 - num_tasks)
 
 
-class _Strict(BaseModel):
-    """As `weaving_pipeline.params._Strict` (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Merge3Items(_Strict):
+class Merge3Items(Strict):
     """The validation items: `per_task` images of each task, a seeded class-proportional slice of `split`."""
 
     split: Literal["pretrain", "val"] = Field(
@@ -69,7 +65,7 @@ class Merge3Items(_Strict):
     seed: int = Field(default=0, description="seed of the slice")
 
 
-class Merge3Search(_Strict):
+class Merge3Search(Strict):
     """The evolutionary search: GA (or NSGA-II) population and generations (the initial one included)."""
 
     population: int = Field(ge=2)
@@ -92,7 +88,7 @@ def _check_bounds(bounds: list[float], step: float, what: str) -> list[float]:
     return bounds
 
 
-class Merge3Params(_Strict):
+class Merge3Params(Strict):
     """MERGE3 (Mencattini et al., ICML 2025) on the multi-task suite: see the module docstring."""
 
     methods: list[Literal["task_arithmetic", "ties", "dare"]] = Field(min_length=1)
@@ -113,10 +109,7 @@ class Merge3Params(_Strict):
     @field_validator("methods", "fitness")
     @classmethod
     def _distinct(cls, names: list[str]) -> list[str]:
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"listed more than once: {repeated}")
-        return names
+        return distinct(names)
 
     @field_validator("reported")
     @classmethod

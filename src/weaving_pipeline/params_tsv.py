@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-
-class _Strict(BaseModel):
-    """As `weaving_pipeline.params._Strict` (unknown keys are errors), defined here so that params.py can
-    import this module at its top without a cycle."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from weaving_pipeline.params_base import Strict
 
 
 def _fractions_in_unit_interval(values: list[float]) -> list[float]:
@@ -33,7 +28,7 @@ def _fractions_in_unit_interval(values: list[float]) -> list[float]:
     return values
 
 
-class CompressParams(_Strict):
+class CompressParams(Strict):
     """TSV-C (Gargiulo et al., CVPR 2025): the rank fractions of the sweep (`1/T` always added)."""
 
     rank_fractions: list[float] = Field(min_length=1, description="rank fractions f in (0, 1] swept besides 1/T")
@@ -44,7 +39,7 @@ class CompressParams(_Strict):
         return _fractions_in_unit_interval(values)
 
 
-class MassParams(_Strict):
+class MassParams(Strict):
     """MASS (Crisostomi et al., 2025): routing threshold, top-K, hooked block per model, ablation sweeps."""
 
     threshold: float = Field(ge=0.0, le=1.0, description="a task is selected when its routing coefficient exceeds it")
