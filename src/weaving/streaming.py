@@ -190,7 +190,11 @@ def stream_task_vectors(
     for key in _bar(layout.keys, final_label, progress):
         taus = stack.load(key)
         if weave is None:
-            yield key, finalized(runs[0], key, taus, request.lam) if not linear else lam * finalized(runs[0], key, taus)
+            if not linear:
+                yield key, finalized(runs[0], key, taus, request.lam)
+            else:  # `1 * x == x` bit for bit: at lam 1 the method's new tensor is the result
+                merged_at_1 = finalized(runs[0], key, taus)
+                yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
             continue
         assert space is not None
         if not linear:

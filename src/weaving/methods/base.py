@@ -176,11 +176,20 @@ class MergeMethod(ABC):
 
 
 class _PerTensorRun(MethodRun):
-    def __init__(self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int]) -> None:
+    def __init__(
+        self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int], scratch: bool = False
+    ) -> None:
         self._merge_tensor = merge_tensor
         self._hparams = dict(hparams)
+        self._workspace = Workspace() if scratch else None
+
+    def share_scratch(self, workspace: Workspace) -> None:
+        if self._workspace is not None:
+            self._workspace = workspace
 
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        if self._workspace is not None:
+            return self._merge_tensor(taus, key=key, workspace=self._workspace, **self._hparams)
         return self._merge_tensor(taus, key=key, **self._hparams)
 
 
@@ -189,10 +198,13 @@ class PerTensorMethod(MergeMethod):
     """A method computed key by key: `merge_tensor(taus, key=..., **hparams) -> Tensor`."""
 
     merge_tensor: Callable[..., torch.Tensor] | None = None
+    scratch: bool = False
+    """`merge_tensor` also takes `workspace=`: a `Workspace` for scratch buffers reused from key
+    to key (never for its result)."""
 
     def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
         assert self.merge_tensor is not None
-        return _PerTensorRun(self.merge_tensor, hparams)
+        return _PerTensorRun(self.merge_tensor, hparams, self.scratch)
 
 
 @dataclass(frozen=True)
