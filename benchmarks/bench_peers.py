@@ -187,7 +187,9 @@ def memory_worker(args: argparse.Namespace) -> dict[str, object]:
 
     torch.set_num_threads(1)
     files = sorted(Path(args.inputs).glob("tau_*.safetensors"))
-    taus = [load_file(str(f)) for f in files]
+    # copies in anonymous memory: load_file's tensors may map the file, paged in during the call
+    taus = [{k: v.clone() for k, v in load_file(str(f)).items()} for f in files]
+    gc.collect()
     if args.impl == "weaving":
         from weaving import merge
 
