@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -153,6 +153,10 @@ class MergeMethod(ABC):
     summary: str = ""
     linear_in_lam: bool = True
     """`f(taus, lam) == lam * f(taus, 1)`: weaving may derive every member from one merge."""
+    nonfinite_propagates: bool = False
+    """A NaN or inf in any task vector makes the merged tensor non-finite (a sum does): a merge
+    may then check its result instead of every input, and the inputs only when the result is
+    not finite (the same error, naming the same input)."""
     model_wide: bool = field(default=False, init=False)
 
     @property
@@ -177,8 +181,10 @@ class MergeMethod(ABC):
 
 class _PerTensorRun(MethodRun):
     def __init__(
-        self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int], scratch: bool = False
+        self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int], scratch: bool = False,
+        merge_rows: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
     ) -> None:
+        self.merge_rows = merge_rows
         self._merge_tensor = merge_tensor
         self._hparams = dict(hparams)
         self._workspace = Workspace() if scratch else None
@@ -202,9 +208,13 @@ class PerTensorMethod(MergeMethod):
     """`merge_tensor` also takes `workspace=`: a `Workspace` for scratch buffers reused from key
     to key (never for its result)."""
 
+    merge_rows: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    """The same result from the `T` tensors as they are, unstacked (a method without
+    hyper-parameters; a merge then need not copy its inputs into a stack)."""
+
     def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
         assert self.merge_tensor is not None
-        return _PerTensorRun(self.merge_tensor, hparams, self.scratch)
+        return _PerTensorRun(self.merge_tensor, hparams, self.scratch, self.merge_rows)
 
 
 @dataclass(frozen=True)
