@@ -182,6 +182,22 @@ def test_nan_is_reported_with_source_and_key(method: str, where: str) -> None:
         list(stream)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_checking_the_sum_instead_of_the_inputs_names_the_same_input(bad: float) -> None:
+    """task_arithmetic checks its result, and its inputs only when the result is not finite."""
+    taus = [{"a": torch.ones(4), "b": torch.ones(3)} for _ in range(3)]
+    taus[2]["b"] = torch.tensor([1.0, bad, 1.0])
+    taus[1]["b"] = torch.tensor([1.0, 1.0, bad])
+    with pytest.raises(InputError, match="task vector 1: key 'b' contains NaN or inf"):
+        merge("task_arithmetic", taus)
+
+
+def test_a_sum_that_overflows_finite_inputs_is_returned_as_before() -> None:
+    big = torch.tensor([3e38, 1.0], dtype=torch.float32)
+    merged = merge("task_arithmetic", [{"a": big}, {"a": big}])
+    assert merged["a"][0] == float("inf") and merged["a"][1] == 2.0
+
+
 def test_in_memory_api_rejects_bad_task_vectors() -> None:
     with pytest.raises(InputError, match="task vector 0: key 'ids' has dtype torch.int64"):
         merge("ties", [{"ids": torch.arange(3)}])

@@ -50,7 +50,12 @@ class TaskVectorStack:
         rows = self.layout.num_tasks if rows is None else rows
         return self._workspace.take(name, (rows, *self.layout.shapes[key]), self.layout.compute_dtype)
 
-    def load(self, key: str) -> torch.Tensor:
+    def load(self, key: str, check: bool = True) -> torch.Tensor:
+        """`key`'s stacked task vectors; inputs checked finite on the first visit unless `check` is False."""
+        raise NotImplementedError
+
+    def check(self, key: str) -> None:
+        """Check `key` in every input as a first visit's `load` would (`InputError` on NaN or inf)."""
         raise NotImplementedError
 
 
@@ -61,12 +66,22 @@ class SourceStack(TaskVectorStack):
         super().__init__(layout)
         self._taus = taus
 
-    def load(self, key: str) -> torch.Tensor:
-        check = self._first_visit(key)
+    def load(self, key: str, check: bool = True) -> torch.Tensor:
+        check = self._first_visit(key) and check
         stacked = self._stack_buffer(key)
         for row, source in zip(stacked, self._taus, strict=True):
             row.copy_(checked_load(source, key, self.layout.shapes[key], check))
         return stacked
+
+    def check(self, key: str) -> None:
+        for source in self._taus:
+            checked_load(source, key, self.layout.shapes[key], True)
+
+    def rows(self, key: str, check: bool = True) -> list[torch.Tensor]:
+        """`key`'s task vectors in the compute dtype, unstacked (not copied where already in it)."""
+        check = self._first_visit(key) and check
+        dtype = self.layout.compute_dtype
+        return [checked_load(source, key, self.layout.shapes[key], check).to(dtype) for source in self._taus]
 
 
 class DifferenceStack(TaskVectorStack):
@@ -86,8 +101,12 @@ class DifferenceStack(TaskVectorStack):
             self._base_key = key
         return base
 
-    def load(self, key: str) -> torch.Tensor:
-        check = self._first_visit(key)
+    def check(self, key: str) -> None:
+        for source in (self._pretrained, *self._finetuned):
+            checked_load(source, key, self.layout.shapes[key], True)
+
+    def load(self, key: str, check: bool = True) -> torch.Tensor:
+        check = self._first_visit(key) and check
         self._base_key = None
         base = self.base(key, check)
         stacked = self._stack_buffer(key)
@@ -167,6 +186,10 @@ def stream_task_vectors(
         final_label = f"{request.label}: weave ({weave.pooling.name} over {weave.pool_over})" + (
             f", {len(runs)} merges" if len(runs) > 1 else "")
     linear = request.method is None or request.method.linear_in_lam
+    # A merge whose result is non-finite wherever an input is checks the inputs only when its
+    # result is not finite (T reads fewer; the same error, as `stack.check` raises it).
+    check_result = (weave is None and linear and merged is None and request.method is not None
+                    and request.method.nonfinite_propagates)
 
     def finalized(run: MethodRun, key: str, taus: torch.Tensor, lam: float | None = None) -> torch.Tensor:
         """`run`'s `f(taus, lam)` of `key` (lam None: at 1), after any statistics pass it needs.
@@ -196,10 +219,23 @@ def stream_task_vectors(
             lambda c, lam, key, taus: finalized(runs[c], key, taus, lam),
         )
         return
+    merge_rows = getattr(runs[0], "merge_rows", None) if weave is None and linear and merged is None else None
     for key in _bar(layout.keys, final_label, progress):
-        taus = stack.load(key)
+        if merge_rows is not None and isinstance(stack, SourceStack):  # no stack needed: no copy
+            merged_at_1 = merge_rows(stack.rows(key, check=not check_result))
+            if tuple(merged_at_1.shape) != layout.shapes[key]:
+                raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(merged_at_1.shape)}")
+            yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
+            continue
+        taus = stack.load(key, check=not check_result)
         if weave is None:
-            yield key, finalized(runs[0], key, taus, request.lam) if not linear else lam * finalized(runs[0], key, taus)
+            if not linear:
+                yield key, finalized(runs[0], key, taus, request.lam)
+            else:  # `1 * x == x` bit for bit: at lam 1 the method's new tensor is the result
+                merged_at_1 = finalized(runs[0], key, taus)
+                if check_result and merged_at_1.numel() and not bool(torch.isfinite(merged_at_1.sum())):
+                    stack.check(key)  # raises unless the sum itself overflowed (returned, as before)
+                yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
             continue
         assert space is not None
         if not linear:

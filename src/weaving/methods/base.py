@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -156,6 +156,10 @@ class MergeMethod(ABC):
     as_pooling: Callable[..., object] | None = None
     """The method's shortcut as a pooling, `as_pooling(params, shape) -> PoolingRun`
     (`weaving.method_pooling`), or None: the members are materialised key by key."""
+    nonfinite_propagates: bool = False
+    """A NaN or inf in any task vector makes the merged tensor non-finite (a sum does): a merge
+    may then check its result instead of every input, and the inputs only when the result is
+    not finite (the same error, naming the same input)."""
     model_wide: bool = field(default=False, init=False)
 
     @property
@@ -179,11 +183,22 @@ class MergeMethod(ABC):
 
 
 class _PerTensorRun(MethodRun):
-    def __init__(self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int]) -> None:
+    def __init__(
+        self, merge_tensor: Callable[..., torch.Tensor], hparams: Mapping[str, float | int], scratch: bool = False,
+        merge_rows: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
+    ) -> None:
+        self.merge_rows = merge_rows
         self._merge_tensor = merge_tensor
         self._hparams = dict(hparams)
+        self._workspace = Workspace() if scratch else None
+
+    def share_scratch(self, workspace: Workspace) -> None:
+        if self._workspace is not None:
+            self._workspace = workspace
 
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
+        if self._workspace is not None:
+            return self._merge_tensor(taus, key=key, workspace=self._workspace, **self._hparams)
         return self._merge_tensor(taus, key=key, **self._hparams)
 
 
@@ -192,10 +207,17 @@ class PerTensorMethod(MergeMethod):
     """A method computed key by key: `merge_tensor(taus, key=..., **hparams) -> Tensor`."""
 
     merge_tensor: Callable[..., torch.Tensor] | None = None
+    scratch: bool = False
+    """`merge_tensor` also takes `workspace=`: a `Workspace` for scratch buffers reused from key
+    to key (never for its result)."""
+
+    merge_rows: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    """The same result from the `T` tensors as they are, unstacked (a method without
+    hyper-parameters; a merge then need not copy its inputs into a stack)."""
 
     def start(self, hparams: Mapping[str, float | int], layout: ModelLayout) -> MethodRun:
         assert self.merge_tensor is not None
-        return _PerTensorRun(self.merge_tensor, hparams)
+        return _PerTensorRun(self.merge_tensor, hparams, self.scratch, self.merge_rows)
 
 
 @dataclass(frozen=True)

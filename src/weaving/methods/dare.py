@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from weaving.methods.base import HParam, PerTensorMethod, keyed_generator, unit_interval
+from weaving.methods.base import HParam, PerTensorMethod, Workspace, keyed_generator, unit_interval
 
 
 def dare_keep_mask(shape: tuple[int, ...], *, p: float, seed: int, task: int, key: str) -> torch.Tensor:
@@ -26,8 +26,37 @@ def dare_keep_mask(shape: tuple[int, ...], *, p: float, seed: int, task: int, ke
     return torch.rand(shape, generator=generator, dtype=torch.float64) >= p
 
 
-def dare(taus: torch.Tensor, *, key: str, p: float, seed: int) -> torch.Tensor:
-    """`M = sum_t tau_t * keep_t / (1 - p)` with the seeded masks of `dare_keep_mask`."""
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def dare(taus: torch.Tensor, *, key: str, p: float, seed: int, workspace: Workspace | None = None) -> torch.Tensor:
+    """`M = sum_t tau_t * keep_t / (1 - p)` with the seeded masks of `dare_keep_mask`.
+
+    The same draws and the same values as `where(keep, taus, 0) / (1 - p)` summed over `t`,
+    without the boolean `[T, *shape]` mask: each task's draws go into one reused float64
+    buffer, and `keep` becomes an all-ones bit mask (`u >= p` compared on the bit patterns,
+    which order as the values do for `u, p >= 0`) that keeps `tau_t`'s bits or gives +0.0.
+    Scratch lives in `workspace` when given (reused from key to key: no page faults).
+    """
+    if taus.dtype not in _BITS:
+        return _dare_reference(taus, key=key, p=p, seed=seed)
+    shape = tuple(taus.shape[1:])
+    workspace = Workspace() if workspace is None else workspace
+    draws = workspace.take("dare.draws", shape, torch.float64)
+    bits = draws.view(torch.int64)
+    threshold = int(torch.tensor(p, dtype=torch.float64).view(torch.int64))
+    narrow = workspace.take("dare.mask", shape, _BITS[taus.dtype]) if taus.dtype != torch.float64 else None
+    kept = workspace.take("dare.kept", tuple(taus.shape), taus.dtype)
+    kept_bits, tau_bits = kept.view(_BITS[taus.dtype]), taus.view(_BITS[taus.dtype])
+    for t in range(taus.shape[0]):
+        torch.rand(shape, generator=keyed_generator("dare", seed, t, key), dtype=torch.float64, out=draws)
+        bits.sub_(threshold).bitwise_right_shift_(63).bitwise_not_()  # all ones where u >= p, else 0
+        mask = bits if narrow is None else narrow.copy_(bits)
+        torch.bitwise_and(tau_bits[t], mask, out=kept_bits[t])
+    return kept.div_(1.0 - p).sum(0)
+
+
+def _dare_reference(taus: torch.Tensor, *, key: str, p: float, seed: int) -> torch.Tensor:
     shape = tuple(taus.shape[1:])
     keep = torch.stack([dare_keep_mask(shape, p=p, seed=seed, task=t, key=key) for t in range(taus.shape[0])])
     return (torch.where(keep, taus, torch.zeros((), dtype=taus.dtype)) / (1.0 - p)).sum(0)
@@ -41,4 +70,5 @@ METHOD = PerTensorMethod(
         HParam("seed", 0, int, help="seed of the drop masks"),
     ),
     merge_tensor=dare,
+    scratch=True,
 )

@@ -20,4 +20,5 @@ METHOD = PerTensorMethod(
     name="task_arithmetic",
     summary="sum of the task vectors",
     merge_tensor=lambda taus, key: task_arithmetic(taus),
+    nonfinite_propagates=True,
 )
