@@ -214,10 +214,14 @@ class ModelWideMethod(MergeMethod):
 
 
 class Members:
-    """One key's view of a weave's members: `taus`, `merge(c)` (cached) and `stacked()` (cached)."""
+    """One key's view of a weave's members: `taus`, `merge(c)` (cached) and `stacked()` (cached).
+
+    `build(view)` stacks the members (it gets the view, so that it can use the cached merges
+    without holding a reference to it: no reference cycle keeps a key's members alive).
+    """
 
     def __init__(self, taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor],
-                 build: Callable[[], torch.Tensor]) -> None:
+                 build: Callable[[Members], torch.Tensor]) -> None:
         self.taus = taus
         self._merge_of = merge_of
         self._build = build
@@ -232,7 +236,7 @@ class Members:
     def stacked(self) -> torch.Tensor:
         """The members `[N, *shape]` (taus per `pool_over`, then the points in order)."""
         if self._stacked is None:
-            self._stacked = self._build()
+            self._stacked = self._build(self)
         return self._stacked
 
 
