@@ -20,9 +20,8 @@ import torch
 from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError
-from weaving.method_pooling import Members, MethodPooling, PoolingShape
-from weaving.methods.base import MethodRun, ModelLayout, PassNeeded, Workspace
-from weaving.poolings import build_group_members, pool_members, weave_groups
+from weaving.methods.base import Members, MethodRun, ModelLayout, PassNeeded, PoolingShape, Workspace
+from weaving.poolings import MethodPooling, build_group_members, pool_members, weave_groups
 from weaving.request import MergeRequest, validate_request
 from weaving.search_space import WeaveSpace
 from weaving.sources import StateDictSource, check_same_layout, check_sources, checked_load, float_layout

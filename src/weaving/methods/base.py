@@ -153,9 +153,9 @@ class MergeMethod(ABC):
     summary: str = ""
     linear_in_lam: bool = True
     """`f(taus, lam) == lam * f(taus, 1)`: weaving may derive every member from one merge."""
-    as_pooling: Callable[..., object] | None = None
+    as_pooling: Callable[..., PoolingRun] | None = None
     """The method's shortcut as a pooling, `as_pooling(params, shape) -> PoolingRun`
-    (`weaving.method_pooling`), or None: the members are materialised key by key."""
+    (`weaving.poolings.MethodPooling`), or None: the members are materialised key by key."""
     model_wide: bool = field(default=False, init=False)
 
     @property
