@@ -185,6 +185,31 @@ def test_weave_from_merged_and_a_method_not_linear_in_lam(monkeypatch: pytest.Mo
         torch.testing.assert_close(pooled[key], expected[key], rtol=1e-6, atol=1e-7)
 
 
+def test_a_keys_members_are_freed_when_the_key_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members are built one key at a time and freed by reference counting (no cycle waits for the GC)."""
+    import gc
+    import weakref
+
+    from weaving.methods import base
+
+    views: list[weakref.ref] = []
+    original = base.Members.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        views.append(weakref.ref(self))
+
+    monkeypatch.setattr(base.Members, "__init__", init)
+    taus = [{f"k{i}": torch.randn(6, 5) for i in range(5)} for _ in range(3)]
+    gc.disable()
+    try:
+        for pooling in ("ties", "pcb", "tsv"):
+            weave("task_arithmetic", taus, [0.5, 1.0], pooling=pooling)
+            assert views and all(view() is None for view in views), pooling
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"pooling": "nope"}, r"unknown pooling 'nope'; valid: avg, magmax, random, or a merge method as the pooling: breadcrumbs, "),
     ({"pooling": "ties", "pooling_params": {"density": 2.0}},

@@ -59,7 +59,6 @@ from weaving.inputs import (
 from weaving.io import sha256_files
 from weaving.mergefile import dump, from_arguments, load_merge_file, to_arguments
 from weaving.mergekit_names import hparam_hint, method_hint
-from weaving.method_pooling import MethodPooling
 from weaving.output import (
     OutputTarget,
     check_output,
@@ -72,6 +71,7 @@ from weaving.output import (
     write_file,
     write_model_folder,
 )
+from weaving.poolings import MethodPooling
 from weaving.request import MergeRequest, Wording, get_method, validate_request
 from weaving.streaming import stream_request
 

@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from weaving.errors import ParamError, choices
-from weaving.method_pooling import MethodPooling
 from weaving.methods import METHODS
 from weaving.methods.base import MergeMethod, derive_seed
-from weaving.poolings import POOLINGS, Pooling, check_pool_over
+from weaving.poolings import POOLINGS, MethodPooling, Pooling, check_pool_over
 from weaving.search_space import HParamValue, WeaveSpace, parse_axis
 
 

@@ -20,9 +20,8 @@ import torch
 from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError
-from weaving.method_pooling import Members, MethodPooling, PoolingShape
-from weaving.methods.base import MethodRun, ModelLayout, PassNeeded, Workspace
-from weaving.poolings import build_group_members, pool_members, weave_groups
+from weaving.methods.base import Members, MethodRun, ModelLayout, PassNeeded, PoolingShape, Workspace
+from weaving.poolings import MethodPooling, build_group_members, pool_members, weave_groups
 from weaving.request import MergeRequest, validate_request
 from weaving.search_space import WeaveSpace
 from weaving.sources import StateDictSource, check_same_layout, check_sources, checked_load, float_layout
@@ -273,15 +272,14 @@ def _method_pooling_weave(
     run = weave.pooling.start(shape, materialize=weave.materialize or not linear)
     num_tasks = layout.num_tasks if weave.pool_over == "all" else 0
 
-    def members(key: str, taus: torch.Tensor) -> Members:
+    def build(view: Members, key: str) -> torch.Tensor:
         if linear:
-            build = lambda: build_group_members(  # noqa: E731
-                taus, lambda c: view.merge(c), groups, len(space.points), weave.pool_over)
-        else:
-            build = lambda: torch.cat([taus[:num_tasks], torch.stack(  # noqa: E731
-                [merge_at(c, lam, key, taus) for c, lam in space.points])])
-        view = Members(taus, lambda c: merge_of(c, key, taus), build)
-        return view
+            return build_group_members(view.taus, view.merge, groups, len(space.points), weave.pool_over)
+        return torch.cat([view.taus[:num_tasks], torch.stack(
+            [merge_at(c, lam, key, view.taus) for c, lam in space.points])])
+
+    def members(key: str, taus: torch.Tensor) -> Members:
+        return Members(taus, lambda c: merge_of(c, key, taus), lambda view: build(view, key))
 
     def pooling_pass(label: str) -> None:
         for key in _bar(layout.keys, label, progress):

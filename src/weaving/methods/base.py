@@ -153,9 +153,9 @@ class MergeMethod(ABC):
     summary: str = ""
     linear_in_lam: bool = True
     """`f(taus, lam) == lam * f(taus, 1)`: weaving may derive every member from one merge."""
-    as_pooling: Callable[..., object] | None = None
+    as_pooling: Callable[..., PoolingRun] | None = None
     """The method's shortcut as a pooling, `as_pooling(params, shape) -> PoolingRun`
-    (`weaving.method_pooling`), or None: the members are materialised key by key."""
+    (`weaving.poolings.MethodPooling`), or None: the members are materialised key by key."""
     nonfinite_propagates: bool = False
     """A NaN or inf in any task vector makes the merged tensor non-finite (a sum does): a merge
     may then check its result instead of every input, and the inputs only when the result is
@@ -236,10 +236,14 @@ class ModelWideMethod(MergeMethod):
 
 
 class Members:
-    """One key's view of a weave's members: `taus`, `merge(c)` (cached) and `stacked()` (cached)."""
+    """One key's view of a weave's members: `taus`, `merge(c)` (cached) and `stacked()` (cached).
+
+    `build(view)` stacks the members (it gets the view, so that it can use the cached merges
+    without holding a reference to it: no reference cycle keeps a key's members alive).
+    """
 
     def __init__(self, taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor],
-                 build: Callable[[], torch.Tensor]) -> None:
+                 build: Callable[[Members], torch.Tensor]) -> None:
         self.taus = taus
         self._merge_of = merge_of
         self._build = build
@@ -254,7 +258,7 @@ class Members:
     def stacked(self) -> torch.Tensor:
         """The members `[N, *shape]` (taus per `pool_over`, then the points in order)."""
         if self._stacked is None:
-            self._stacked = self._build()
+            self._stacked = self._build(self)
         return self._stacked
 
 
