@@ -35,3 +35,4 @@ def test_the_library_example_runs_and_weaves() -> None:
         assert torch.allclose(taus[0][key], expected)
         assert torch.allclose(woven[key], pretrained[key] + pooled[key])
     assert torch.equal(woven["steps"], pretrained["steps"])
+    assert set(namespace["S"]) == set(namespace["Q"]) == {"w", "b"}  # the search-space and method-pooling lines ran
