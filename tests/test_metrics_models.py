@@ -88,7 +88,8 @@ def test_weave_records_rebuilt_as_the_weave_stage_builds_them_are_byte_identical
     for path in sorted((COMMITTED / "tiny-clip" / "weave").rglob("*.json")):
         raw = json.loads(path.read_text())
         # the stage: header from params, the rest from evaluate_method's result dict
-        result = {k: raw[k] for k in ("tasks", "baseline", "recommended", "sweep", "weaving", "intervals") if k in raw}
+        result = {k: raw[k] for k in ("tasks", "baseline", "recommended", "sweep", "weaving", "intervals", "extensions")
+                  if k in raw}
         record = WeaveMetrics(model=raw["model"], setup=raw["setup"], method=raw["method"], hparams=raw["hparams"],
                               lambdas=raw["lambdas"], recommended_lam=raw["recommended_lam"], baseline_lam=1.0,
                               **result)
