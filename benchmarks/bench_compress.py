@@ -35,6 +35,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_compress.json"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # this checkout's weaving
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_merge import _status_kib  # noqa: E402
+
 MODES = ("compress", "tsv_merge", "tsv_from_factors")
 MMAP_THRESHOLD = 1 << 20  # freed tensors over 1 MiB leave the resident set (see bench_merge.py)
 
@@ -73,14 +76,6 @@ def storage_from_shapes(shapes: dict[str, list[int]], tasks: int) -> dict[str, f
             stored += numel
     return {"one_model_numbers": one, "stored_numbers": tasks * stored,
             "ratio_to_one_model": tasks * stored / one, "ratio_to_all_models": stored / one}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def worker(args: argparse.Namespace) -> dict[str, object]:

@@ -64,24 +64,33 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def synthetic_task_vectors(shapes: dict[str, list[int]], tasks: int, seed: int) -> list[dict]:
+    """`tasks` task vectors of these shapes: pretrained ~ N(0, 0.02^2), each fine-tuned copy that plus
+    N(0, 1e-6), all from one seeded generator, built key by key so that no whole model is ever freed."""
+    import torch
+
+    from weaving import task_vectors
+
+    generator = torch.Generator().manual_seed(seed)
+    taus: list[dict[str, torch.Tensor]] = [{} for _ in range(tasks)]
+    for key, shape in shapes.items():
+        pretrained = {key: torch.randn(shape, generator=generator) * 0.02}
+        finetuned = [{key: pretrained[key] + 1e-3 * torch.randn(shape, generator=generator)} for _ in range(tasks)]
+        for tau, one_key in zip(taus, task_vectors(pretrained, finetuned)):
+            tau.update(one_key)
+    gc.collect()
+    return taus
+
+
 def worker(args: argparse.Namespace) -> dict[str, object]:
     """One measurement, in this (fresh) process."""
     import torch
 
-    from weaving import merge, task_vectors, weave
+    from weaving import merge, weave
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     shapes = json.loads(Path(args.shapes).read_text())
-    generator = torch.Generator().manual_seed(args.seed)
-    taus: list[dict[str, torch.Tensor]] = [{} for _ in range(args.tasks)]
-    for key, shape in shapes.items():  # key by key, so that no whole model is ever freed
-        pretrained = {key: torch.randn(shape, generator=generator) * 0.02}
-        finetuned = [{key: pretrained[key] + 1e-3 * torch.randn(shape, generator=generator)}
-                     for _ in range(args.tasks)]
-        for tau, one_key in zip(taus, task_vectors(pretrained, finetuned)):
-            tau.update(one_key)
-    del pretrained, finetuned
-    gc.collect()
+    taus = synthetic_task_vectors(shapes, args.tasks, args.seed)
     lambdas = [round(0.1 * (i + 1), 10) for i in range(args.k)]
     call = {
         "merge": lambda: merge(args.method, taus, lam=1.0),

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_merge import MMAP_THRESHOLD, _status_kib, model_shapes  # noqa: E402
+from bench_merge import MMAP_THRESHOLD, _status_kib, model_shapes, synthetic_task_vectors  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_weave_space.json"
 CASES = ("space", "ties-pooling", "tsv-pooling")
@@ -65,20 +65,10 @@ def worker(args: argparse.Namespace) -> list[dict[str, object]]:
     K_1, K_2, K_1, K_2, ... so that both see the same load on a shared machine."""
     import torch
 
-    from weaving import task_vectors
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     shapes = json.loads(Path(args.shapes).read_text())
-    generator = torch.Generator().manual_seed(args.seed)
-    taus: list[dict[str, torch.Tensor]] = [{} for _ in range(args.tasks)]
-    for key, shape in shapes.items():  # key by key, so that no whole model is ever freed
-        pretrained = {key: torch.randn(shape, generator=generator) * 0.02}
-        finetuned = [{key: pretrained[key] + 1e-3 * torch.randn(shape, generator=generator)}
-                     for _ in range(args.tasks)]
-        for tau, one_key in zip(taus, task_vectors(pretrained, finetuned)):
-            tau.update(one_key)
-    del pretrained, finetuned
-    gc.collect()
+    taus = synthetic_task_vectors(shapes, args.tasks, args.seed)
     calls = {k: call_of(args.case, k) for k in args.ks}
     warmup = [{k: (v if v.ndim == 0 else v[:2]).clone() for k, v in list(tau.items())[:4]} for tau in taus]
     for call in calls.values():
