@@ -19,7 +19,7 @@ and FusionBench alternate method by method. FusionBench's own functions are call
 vectors (what each of its algorithms runs after computing them): ``state_dict_add`` /
 ``state_dict_mul`` (task arithmetic), ``module_random_drop_`` then ``state_dict_sum`` (DARE,
 p = 0.5, rescaled), ``_magmax_select`` (MagMax), ``ties_merging`` on ``state_dict_to_vector``
-(TIES, top 20%, sum), ``iso_c`` and ``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
+(TIES, top 20%, disjoint mean as weaving; issue 15 measured "sum"), ``iso_c`` and ``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
 
 Streaming: a Llama-architecture model of ~218M parameters (``LlamaConfig``: 12 layers, width
 1024, MLP 2816, vocabulary 32000, untied head; random weights, no download) saved by
@@ -213,7 +213,7 @@ def _fusionbench_call(method: str):  # noqa: ANN202 (runs in FusionBench's envir
 
         def run(taus):
             flat = torch.vstack([state_dict_to_vector(tau) for tau in taus])
-            merged = ties_merging(flat, reset_thresh=20, merge_func="sum")
+            merged = ties_merging(flat, reset_thresh=20, merge_func="mean")  # weaving's disjoint mean
             return vector_to_state_dict(merged, taus[0])
     elif method == "iso_c":
         from fusion_bench.method.isotropic_merging.iso_utils import iso_c
