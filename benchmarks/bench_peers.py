@@ -2,7 +2,8 @@
 
     python benchmarks/bench_peers.py --setup      # once: benchmarks/.venv-fusionbench, .venv-mergekit
     python benchmarks/bench_peers.py --quick      # ~10 min: per-element methods + 4 streaming methods
-    python benchmarks/bench_peers.py              # every in-memory method (TIES: FusionBench needs ~18 GiB)
+    python benchmarks/bench_peers.py              # every in-memory method (TIES: FusionBench needs ~18 GiB;
+                                                  # PCB: its authors' code ~35 GiB at full size, see --max-params)
 
 ``--setup`` creates one virtual environment per peer (git-ignored), CPU torch first, then
 ``fusion-bench==0.2.33`` and ``mergekit==0.1.5``; a failed step is recorded in the results
@@ -19,7 +20,19 @@ and FusionBench alternate method by method. FusionBench's own functions are call
 vectors (what each of its algorithms runs after computing them): ``state_dict_add`` /
 ``state_dict_mul`` (task arithmetic), ``module_random_drop_`` then ``state_dict_sum`` (DARE,
 p = 0.5, rescaled), ``_magmax_select`` (MagMax), ``ties_merging`` on ``state_dict_to_vector``
-(TIES, top 20%, disjoint mean as weaving; issue 15 measured "sum"), ``iso_c`` and ``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
+(TIES, top 20%, disjoint mean as weaving; issue 15 measured "sum"), ``iso_c`` and
+``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
+
+Breadcrumbs and PCB, which FusionBench lacks, against their authors' own functions (``PEER_SOURCES``:
+``--setup`` or ``--setup-sources`` extracts the named files at pinned commits into the git-ignored
+``benchmarks/.peers``; the worker imports them from there, in FusionBench's environment):
+rezazzr/breadcrumbs ``src/task_vectors.py`` ``TaskVectorMiddleKeep`` (beta 0.1 kept, gamma 0.01
+removed, per row) summed, and duguodong7/pcb-merging ``pcb-merging.py`` ``PCB_merge`` (ratio 0.05;
+its inter term is weaving's ``summed_inter=true``; its magnitude clamp called with 0.01 as
+weaving's, see ``_source_call``). ``--compare`` saves both merged task vectors and records the max
+abs difference; ``--max-params`` restricts every implementation to the same leading keys (PCB's
+authors' function needs ~13x its inputs). A case in ``HEAVY_GIB`` (FusionBench's TIES) runs only
+with that much memory available, else it is reported as not run.
 
 Streaming: a Llama-architecture model of ~218M parameters (``LlamaConfig``: 12 layers, width
 1024, MLP 2816, vocabulary 32000, untied head; random weights, no download) saved by
@@ -75,7 +88,7 @@ PEER_NAMES = {"fusionbench": "FusionBench", "breadcrumbs_repo": "rezazzr/breadcr
 MEMORY_HPARAMS = {"dare": {"p": 0.5}, "ties": {"density": 0.2}, "breadcrumbs": {"beta": 0.1, "gamma": 0.01},
                   "pcb": {"ratio": 0.05, "summed_inter": True}}
 # cases that need more memory than a shared machine may have: run only with this much available
-HEAVY_GIB = {("fusionbench", "ties"): 18.0}
+HEAVY_GIB = {("fusionbench", "ties"): 18.0, ("pcb_repo", "pcb"): 36.0}  # at full size (no --max-params)
 WEAVING_SET = {"task_arithmetic": [], "ties": ["density=0.2"], "dare": ["p=0.5"],
                "breadcrumbs": ["beta=0.1", "gamma=0.01"]}
 MERGEKIT = {"task_arithmetic": ("task_arithmetic", {}, {}),
@@ -122,7 +135,7 @@ def setup_sources(git_dirs: Path | None, timeout_s: int) -> dict[str, str]:
     """Extract each author's files at its pinned commit into benchmarks/.peers/<name> (git-ignored).
 
     `git_dirs`: a folder of bare repositories named `<owner>+<name>/repo` (a local mirror);
-    without it, a blob-less bare clone from GitHub into benchmarks/.peers/<name>.git."""
+    without it, a bare clone from GitHub into benchmarks/.peers/<name>.git."""
     status: dict[str, str] = {}
     SOURCES.mkdir(exist_ok=True)
     (SOURCES / ".gitignore").write_text("*\n")
@@ -133,7 +146,7 @@ def setup_sources(git_dirs: Path | None, timeout_s: int) -> dict[str, str]:
         else:
             git_dir = SOURCES / f"{name}.git"
             if not git_dir.exists():
-                subprocess.run(["git", "clone", "-q", "--bare", "--filter=blob:none",
+                subprocess.run(["git", "clone", "-q", "--bare",
                                 f"https://github.com/{source['repo']}", str(git_dir)], timeout=timeout_s)
         git = ["git", f"--git-dir={git_dir}"]
         if subprocess.run([*git, "cat-file", "-e", f"{source['commit']}^{{commit}}"],
