@@ -2,7 +2,8 @@
 
     python benchmarks/bench_peers.py --setup      # once: benchmarks/.venv-fusionbench, .venv-mergekit
     python benchmarks/bench_peers.py --quick      # ~10 min: per-element methods + 4 streaming methods
-    python benchmarks/bench_peers.py              # every in-memory method (TIES: FusionBench needs ~18 GiB)
+    python benchmarks/bench_peers.py              # every in-memory method (TIES: FusionBench needs ~18 GiB;
+                                                  # PCB: its authors' code ~35 GiB at full size, see --max-params)
 
 ``--setup`` creates one virtual environment per peer (git-ignored), CPU torch first, then
 ``fusion-bench==0.2.33`` and ``mergekit==0.1.5``; a failed step is recorded in the results
@@ -19,7 +20,19 @@ and FusionBench alternate method by method. FusionBench's own functions are call
 vectors (what each of its algorithms runs after computing them): ``state_dict_add`` /
 ``state_dict_mul`` (task arithmetic), ``module_random_drop_`` then ``state_dict_sum`` (DARE,
 p = 0.5, rescaled), ``_magmax_select`` (MagMax), ``ties_merging`` on ``state_dict_to_vector``
-(TIES, top 20%, sum), ``iso_c`` and ``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
+(TIES, top 20%, disjoint mean as weaving; issue 15 measured "sum"), ``iso_c`` and
+``compute_and_sum_svd_mem_reduction`` (TSV) on the CPU.
+
+Breadcrumbs and PCB, which FusionBench lacks, against their authors' own functions (``PEER_SOURCES``:
+``--setup`` or ``--setup-sources`` extracts the named files at pinned commits into the git-ignored
+``benchmarks/.peers``; the worker imports them from there, in FusionBench's environment):
+rezazzr/breadcrumbs ``src/task_vectors.py`` ``TaskVectorMiddleKeep`` (beta 0.1 kept, gamma 0.01
+removed, per row) summed, and duguodong7/pcb-merging ``pcb-merging.py`` ``PCB_merge`` (ratio 0.05;
+its inter term is weaving's ``summed_inter=true``; its magnitude clamp called with 0.01 as
+weaving's, see ``_source_call``). ``--compare`` saves both merged task vectors and records the max
+abs difference; ``--max-params`` restricts every implementation to the same leading keys (PCB's
+authors' function needs ~13x its inputs). A case in ``HEAVY_GIB`` (FusionBench's TIES) runs only
+with that much memory available, else it is reported as not run.
 
 Streaming: a Llama-architecture model of ~218M parameters (``LlamaConfig``: 12 layers, width
 1024, MLP 2816, vocabulary 32000, untied head; random weights, no download) saved by
@@ -57,9 +70,25 @@ PEERS = {
 }
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 MMAP_THRESHOLD = 1 << 20
-MEMORY_METHODS = ("task_arithmetic", "dare", "magmax", "ties", "iso_c", "tsv")
+MEMORY_METHODS = ("task_arithmetic", "dare", "magmax", "ties", "iso_c", "tsv", "breadcrumbs", "pcb")
 QUICK_MEMORY_METHODS = ("task_arithmetic", "dare", "magmax")
 STREAM_METHODS = ("task_arithmetic", "ties", "dare", "breadcrumbs")
+# Methods FusionBench lacks: their authors' code, fetched at --setup into a git-ignored folder
+# (pinned commits; only the named files), imported by the worker at run time.
+SOURCES = HERE / ".peers"
+PEER_SOURCES = {
+    "breadcrumbs": {"repo": "rezazzr/breadcrumbs", "commit": "f89fc664a171df2b90567aa1313ec7be677f2669",
+                    "paths": ["src/task_vectors.py", "src/utils.py"]},
+    "pcb": {"repo": "duguodong7/pcb-merging", "commit": "5897888b5d24adfcd33e124793d113746e00f3ff",
+            "paths": ["pcb-merging.py"]},
+}
+PEER_OF = {"breadcrumbs": "breadcrumbs_repo", "pcb": "pcb_repo"}  # else FusionBench
+PEER_NAMES = {"fusionbench": "FusionBench", "breadcrumbs_repo": "rezazzr/breadcrumbs", "pcb_repo": "duguodong7/pcb-merging"}
+# weaving's hyper-parameters in memory; the peers' calls below use the same values
+MEMORY_HPARAMS = {"dare": {"p": 0.5}, "ties": {"density": 0.2}, "breadcrumbs": {"beta": 0.1, "gamma": 0.01},
+                  "pcb": {"ratio": 0.05, "summed_inter": True}}
+# cases that need more memory than a shared machine may have: run only with this much available
+HEAVY_GIB = {("fusionbench", "ties"): 18.0, ("pcb_repo", "pcb"): 36.0}  # at full size (no --max-params)
 WEAVING_SET = {"task_arithmetic": [], "ties": ["density=0.2"], "dare": ["p=0.5"],
                "breadcrumbs": ["beta=0.1", "gamma=0.01"]}
 MERGEKIT = {"task_arithmetic": ("task_arithmetic", {}, {}),
@@ -102,6 +131,39 @@ def setup(timeout_s: int) -> dict[str, str]:
     return status
 
 
+def setup_sources(git_dirs: Path | None, timeout_s: int) -> dict[str, str]:
+    """Extract each author's files at its pinned commit into benchmarks/.peers/<name> (git-ignored).
+
+    `git_dirs`: a folder of bare repositories named `<owner>+<name>/repo` (a local mirror);
+    without it, a bare clone from GitHub into benchmarks/.peers/<name>.git."""
+    status: dict[str, str] = {}
+    SOURCES.mkdir(exist_ok=True)
+    (SOURCES / ".gitignore").write_text("*\n")
+    for name, source in PEER_SOURCES.items():
+        dest = SOURCES / name
+        if git_dirs is not None:
+            git_dir = git_dirs / source["repo"].replace("/", "+") / "repo"
+        else:
+            git_dir = SOURCES / f"{name}.git"
+            if not git_dir.exists():
+                subprocess.run(["git", "clone", "-q", "--bare",
+                                f"https://github.com/{source['repo']}", str(git_dir)], timeout=timeout_s)
+        git = ["git", f"--git-dir={git_dir}"]
+        if subprocess.run([*git, "cat-file", "-e", f"{source['commit']}^{{commit}}"],
+                          capture_output=True).returncode != 0:
+            status[name] = f"commit {source['commit'][:12]} of {source['repo']} not in {git_dir}"
+            continue
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
+        dest.mkdir()
+        archive = subprocess.run([*git, "archive", source["commit"], *source["paths"]], capture_output=True,
+                                 timeout=timeout_s)
+        done = subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, capture_output=True)
+        status[name] = "ok" if archive.returncode == 0 and done.returncode == 0 else (
+            (archive.stderr or done.stderr).decode(errors="replace").strip() or "git archive failed")
+        print(f"{name}: {status[name]}", file=sys.stderr, flush=True)
+    return status
+
+
 def peer_status() -> dict[str, str]:
     """'ok' for each peer whose environment imports it, else why not."""
     checks = {"fusionbench": "import fusion_bench, safetensors", "mergekit": "import mergekit"}
@@ -113,6 +175,10 @@ def peer_status() -> dict[str, str]:
             continue
         done = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
         status[name] = "ok" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
+    for name, source in PEER_SOURCES.items():  # run in FusionBench's environment
+        missing = [path for path in source["paths"] if not (SOURCES / name / path).exists()]
+        status[f"{name}_repo"] = (f"not fetched (run with --setup): {', '.join(missing)}" if missing
+                                  else status.get("fusionbench", "?"))
     return status
 
 
@@ -160,7 +226,7 @@ def _fusionbench_call(method: str):  # noqa: ANN202 (runs in FusionBench's envir
 
         def run(taus):
             flat = torch.vstack([state_dict_to_vector(tau) for tau in taus])
-            merged = ties_merging(flat, reset_thresh=20, merge_func="sum")
+            merged = ties_merging(flat, reset_thresh=20, merge_func="mean")  # weaving's disjoint mean
             return vector_to_state_dict(merged, taus[0])
     elif method == "iso_c":
         from fusion_bench.method.isotropic_merging.iso_utils import iso_c
@@ -177,6 +243,81 @@ def _fusionbench_call(method: str):  # noqa: ANN202 (runs in FusionBench's envir
     return run
 
 
+def _definitions(path: Path) -> dict[str, object]:
+    """A script's leading imports and function definitions, executed (the rest of the script is
+    not: pcb-merging.py goes on at top level with an experiment on its authors' checkpoints)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    kept = []
+    for node in tree.body:  # the leading imports and definitions, up to the first other statement
+        if not isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef)):
+            break
+        kept.append(node)
+    tree.body = kept
+    namespace: dict[str, object] = {"__name__": path.stem.replace("-", "_"), "__file__": str(path)}
+    exec(compile(tree, str(path), "exec"), namespace)  # noqa: S102 (the authors' functions, pinned commit)
+    return namespace
+
+
+def _flatten(tau):  # noqa: ANN001, ANN202
+    import torch
+
+    return torch.cat([tau[key].reshape(-1) for key in sorted(tau)])
+
+
+def _unflatten(vector, like):  # noqa: ANN001, ANN202
+    out, offset = {}, 0
+    for key in sorted(like):
+        numel = like[key].numel()
+        out[key] = vector[offset:offset + numel].view(like[key].shape)
+        offset += numel
+    return out
+
+
+def _source_call(impl: str):  # noqa: ANN202 (runs in FusionBench's environment)
+    """The authors' own functions, from benchmarks/.peers (see PEER_SOURCES)."""
+    if impl == "breadcrumbs_repo":
+        # src/task_vectors.py: TaskVectorMiddleKeep (the repository's README: "this is the Breadcrumbs
+        # method"), remove_first=True: zero the top_k_remove largest |x| per row, then keep the
+        # top_k_keep largest of the rest; the masked task vectors summed with its __add__.
+        sys.path.insert(0, str(SOURCES / "breadcrumbs"))
+        from src.task_vectors import TaskVectorMiddleKeep
+
+        hp = MEMORY_HPARAMS["breadcrumbs"]
+
+        def run(taus):
+            # dict(tau): it replaces the values of the dict it is given, and the inputs must stay
+            vectors = [TaskVectorMiddleKeep(vector=dict(tau), top_k_keep=hp["beta"], top_k_remove=hp["gamma"])
+                       for tau in taus]
+            return sum(vectors).vector
+    elif impl == "pcb_repo":
+        # pcb-merging.py: PCB_merge(flat_task_checks, pcb_ratio) on the flattened task vectors
+        # (keys sorted), model-wide as in the paper; its magnitude clamp (`clamp(|X|, 0.0001,
+        # 0.0001)`, fixed in that function) is called with the 0.01 of the authors' vision script
+        # (vision_source_code/pcb.py) and of weaving, by rebinding its `clamp` to pass 0.01.
+        import torch
+
+        namespace = _definitions(SOURCES / "pcb" / "pcb-merging.py")
+        original = namespace["clamp"]
+
+        def clamp(x, min_ratio=0, max_ratio=0):  # noqa: ANN001, ANN202
+            if (min_ratio, max_ratio) == (0.0001, 0.0001):
+                min_ratio = max_ratio = 0.01
+            return original(x, min_ratio, max_ratio)
+
+        namespace["clamp"] = clamp
+        pcb_merge = namespace["PCB_merge"]
+
+        def run(taus):
+            flat = torch.vstack([_flatten(tau) for tau in taus])
+            merged, _, _ = pcb_merge(flat, pcb_ratio=MEMORY_HPARAMS["pcb"]["ratio"])
+            return _unflatten(merged, taus[0])
+    else:
+        raise SystemExit(f"no source peer {impl}")
+    return run
+
+
 def memory_worker(args: argparse.Namespace) -> dict[str, object]:
     """One in-memory measurement, in this fresh process (weaving's or FusionBench's environment)."""
     import contextlib
@@ -190,16 +331,26 @@ def memory_worker(args: argparse.Namespace) -> dict[str, object]:
     files = sorted(Path(args.inputs).glob("tau_*.safetensors"))
     # copies in anonymous memory: load_file's tensors may map the file, paged in during the call
     taus = [{k: v.clone() for k, v in load_file(str(f)).items()} for f in files]
+    if args.max_params:  # the same leading keys (sorted) for every implementation
+        keep, total = [], 0
+        for key in sorted(taus[0]):
+            total += taus[0][key].numel()
+            if total > args.max_params:
+                break
+            keep.append(key)
+        taus = [{k: tau[k] for k in keep} for tau in taus]
     gc.collect()
     if args.impl == "weaving":
         from weaving import merge
 
-        hparams = {"dare": {"p": 0.5}, "ties": {"density": 0.2}}.get(args.method, {})
+        hparams = MEMORY_HPARAMS.get(args.method, {})
 
         def call(t):
             return merge(args.method, t, lam=1.0, **hparams)
-    else:
+    elif args.impl == "fusionbench":
         call = _fusionbench_call(args.method)
+    else:
+        call = _source_call(args.impl)
     warmup = [{k: (v if v.ndim == 0 else v[:2]).clone() for k, v in list(tau.items())[:4]} for tau in taus]
     with contextlib.redirect_stdout(io.StringIO()):  # FusionBench prints per key
         call(warmup)
@@ -209,18 +360,24 @@ def memory_worker(args: argparse.Namespace) -> dict[str, object]:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     walls = []
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         with contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
             result = call(taus)
             walls.append(time.perf_counter() - start)
-        del result
+        if repeat < args.repeats - 1 or not args.save:
+            del result
         gc.collect()
     peak_kib = _status_kib("VmHWM")
+    if args.save:  # the last result, for the comparison (after the peak was read)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in result.items()}, args.save)
     return {"impl": args.impl, "method": args.method, "tasks": len(taus), "wall_s": round(min(walls), 3),
             "wall_s_all": [round(w, 3) for w in walls], "peak_delta_mib": round((peak_kib - baseline_kib) / 1024, 1),
             "inputs_mib": round(sum(v.numel() * v.element_size() for tau in taus for v in tau.values()) / 2**20, 1),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "parameters": sum(v.numel() for v in taus[0].values()),
+            "hparams": MEMORY_HPARAMS.get(args.method, {})}
 
 
 def write_memory_inputs(folder: Path, tasks: int, seed: int) -> None:
@@ -237,7 +394,31 @@ def write_memory_inputs(folder: Path, tasks: int, seed: int) -> None:
         save_file(tau, str(folder / f"tau_{t}.safetensors"))
 
 
-def run_memory(folder: Path, method: str, impl: str, repeats: int) -> dict[str, object]:
+def _available_gib() -> float:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def compare_results(a: Path, b: Path) -> dict[str, object]:
+    """Max abs difference of two merged task vectors (same keys), and how many entries differ."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    if sorted(x) != sorted(y):
+        return {"error": f"keys differ: {sorted(set(x) ^ set(y))[:3]}"}
+    diff, count, scale, numel = 0.0, 0, 0.0, 0
+    for key in x:
+        d = (x[key].double() - y[key].double()).abs()
+        diff, count = max(diff, float(d.max()) if d.numel() else 0.0), count + int((d > 0).sum())
+        scale, numel = max(scale, float(x[key].abs().max()) if d.numel() else 0.0), numel + d.numel()
+    return {"max_abs_diff": diff, "entries_differing": count, "entries": numel, "max_abs_weaving": scale}
+
+
+def run_memory(folder: Path, method: str, impl: str, repeats: int, max_params: int = 0,
+               save: Path | None = None) -> dict[str, object]:
     python = sys.executable if impl == "weaving" else str(python_of("fusionbench"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -247,6 +428,10 @@ def run_memory(folder: Path, method: str, impl: str, repeats: int) -> dict[str, 
         env.pop("PYTHONPATH", None)
     command = [python, __file__, "--memory-worker", "--impl", impl, "--method", method, "--inputs", str(folder),
                "--repeats", str(repeats)]
+    if max_params:
+        command += ["--max-params", str(max_params)]
+    if save is not None:
+        command += ["--save", str(save)]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -342,22 +527,31 @@ def _ratio(a: float, b: float) -> str:
 
 def memory_table(results: list[dict[str, object]]) -> str:
     by = {(r["impl"], r["method"]): r for r in results}
-    lines = ["| method | weaving | FusionBench | time weaving / FusionBench | memory weaving / FusionBench |",
-             "|---|---|---|---|---|"]
+    compared = any("comparison" in r for r in results)
+    lines = ["| method | weaving | FusionBench (or the named peer) | time weaving / peer | memory weaving / peer |"
+             + (" max abs difference (scale) |" if compared else ""),
+             "|---|---|---|---|---|" + ("---|" if compared else "")]
     for method in dict.fromkeys(r["method"] for r in results):
-        w, f = by.get(("weaving", method)), by.get(("fusionbench", method))
+        peer = PEER_OF.get(method, "fusionbench")
+        w, f = by.get(("weaving", method)), by.get((peer, method))
 
         def cell(r):
             if r is None:
                 return "not run"
             if "error" in r:
-                return f"failed: {r['error'][:80]}"
-            return f"{r['wall_s']:.2f} s, {r['peak_delta_mib']:,.0f} MiB"
+                return f"{'not run' if r.get('skipped') else 'failed'}: {r['error'][:100]}"
+            name = f" ({PEER_NAMES[r['impl']]})" if r["impl"] not in ("weaving", "fusionbench") else ""
+            return f"{r['wall_s']:.2f} s, {r['peak_delta_mib']:,.0f} MiB{name}"
 
         ok = w and f and "error" not in w and "error" not in f
-        lines.append(f"| {method} | {cell(w)} | {cell(f)} | "
-                     f"{_ratio(w['wall_s'], f['wall_s']) if ok else '-'} | "
-                     f"{_ratio(w['peak_delta_mib'], f['peak_delta_mib']) if ok else '-'} |")
+        row = (f"| {method} | {cell(w)} | {cell(f)} | "
+               f"{_ratio(w['wall_s'], f['wall_s']) if ok else '-'} | "
+               f"{_ratio(w['peak_delta_mib'], f['peak_delta_mib']) if ok else '-'} |")
+        if compared:
+            c = (f or {}).get("comparison") or {}
+            row += (f" {c['max_abs_diff']:.2g} ({c['max_abs_weaving']:.2g}), {c['entries_differing']:,} of "
+                    f"{c['entries']:,} differ |" if "max_abs_diff" in c else f" {c.get('error', '-')} |")
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -393,6 +587,8 @@ def stream_table(results: list[dict[str, object]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", action="store_true", help="create the peers' virtual environments first")
+    parser.add_argument("--setup-sources", action="store_true",
+                        help="only the authors' code of Breadcrumbs and PCB (part of --setup), into benchmarks/.peers")
     parser.add_argument("--setup-timeout", type=int, default=1200, help="seconds per setup step (default 1200)")
     parser.add_argument("--quick", action="store_true",
                         help=f"in memory only {', '.join(QUICK_MEMORY_METHODS)}; 2 repeats in memory, 1 streaming")
@@ -405,6 +601,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="scratch folder for the inputs (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--sources-git", type=Path,
+                        help="--setup: folder of local bare mirrors <owner>+<name>/repo of the authors' repositories "
+                             "(default: clone from GitHub)")
+    parser.add_argument("--max-params", type=int, default=0,
+                        help="in memory: only the leading keys (sorted) up to this many parameters per task vector")
+    parser.add_argument("--compare", action="store_true",
+                        help="in memory: save each result and report the max abs difference weaving - peer")
     parser.add_argument("--no-readme", action="store_true", help="do not write the tables into benchmarks/README.md")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--timed-child", action="store_true", help=argparse.SUPPRESS)
@@ -412,6 +615,7 @@ def main() -> None:
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.timed_child:
         print(json.dumps(timed_child(args.child_command[1:] if args.child_command[:1] == ["--"] else args.child_command)))
@@ -419,7 +623,9 @@ def main() -> None:
     if args.memory_worker:
         print(json.dumps(memory_worker(args)))
         return
-    setup_status = setup(args.setup_timeout) if args.setup else None
+    setup_status = {**setup(args.setup_timeout)} if args.setup else None
+    if args.setup or args.setup_sources:
+        setup_status = {**(setup_status or {}), **setup_sources(args.sources_git, args.setup_timeout)}
     peers = peer_status()
     print(f"peers: {peers}", file=sys.stderr, flush=True)
     memory_methods = args.memory_methods if args.memory_methods is not None else list(
@@ -435,13 +641,26 @@ def main() -> None:
             (folder / "memory").mkdir()
             write_memory_inputs(folder / "memory", args.tasks, args.seed)
             for method in memory_methods:
-                for impl in ("weaving", "fusionbench"):
-                    if impl == "fusionbench" and peers["fusionbench"] != "ok":
-                        result = {"impl": impl, "method": method, "error": f"FusionBench {peers['fusionbench']}"}
+                peer = PEER_OF.get(method, "fusionbench")
+                saved = {}
+                for impl in ("weaving", peer):
+                    need = HEAVY_GIB.get((impl, method)) if not args.max_params else None
+                    save = folder / f"result_{impl}_{method}.safetensors" if args.compare else None
+                    if impl != "weaving" and peers[peer] != "ok":
+                        result = {"impl": impl, "method": method, "error": f"{PEER_NAMES[peer]} {peers[peer]}"}
+                    elif need and _available_gib() < need:
+                        result = {"impl": impl, "method": method, "skipped": True,
+                                  "error": f"needs ~{need:.0f} GiB, {_available_gib():.1f} GiB available"}
                     else:
-                        result = run_memory(folder / "memory", method, impl, repeats)
+                        result = run_memory(folder / "memory", method, impl, repeats, args.max_params, save)
+                        if save is not None and save.exists():
+                            saved[impl] = save
+                    if impl == peer and len(saved) == 2:
+                        result["comparison"] = compare_results(saved["weaving"], saved[peer])
                     memory.append(result)
                     print(json.dumps(result), file=sys.stderr, flush=True)
+                for path in saved.values():
+                    path.unlink()
             for f in (folder / "memory").iterdir():
                 f.unlink()
         model = None
@@ -461,14 +680,17 @@ def main() -> None:
                             result = run_stream(folder, method, impl, args.stream_tasks)
                         stream.append({**result, "repeat": repeat})
                         print(json.dumps(stream[-1]), file=sys.stderr, flush=True)
-    tables = (f"In memory (ViT-B-32 image encoder task vectors, T = {args.tasks}, fastest of {repeats}; "
+    subset = (f", the leading keys up to {args.max_params / 1e6:g}M parameters (`--max-params`)"
+              if args.max_params else "")
+    tables = (f"In memory (ViT-B-32 image encoder task vectors{subset}, T = {args.tasks}, fastest of {repeats}; "
               f"time, peak memory above the inputs):\n\n{memory_table(memory)}\n\n"
               f"Streaming (Llama ~218M parameters, {args.stream_tasks} fine-tuned copies, fastest of "
               f"{stream_repeats}; wall time, peak RSS of the child process):\n\n{stream_table(stream)}")
     print(tables)
     command = " ".join(["python", "benchmarks/bench_peers.py", *sys.argv[1:]])
     payload = {
-        "command": command, "quick": args.quick, "tasks": args.tasks, "stream_tasks": args.stream_tasks,
+        "command": command, "quick": args.quick, "tasks": args.tasks, "max_params": args.max_params,
+        "sources": PEER_SOURCES, "stream_tasks": args.stream_tasks,
         "repeats": repeats, "stream_repeats": stream_repeats, "threads": 1, "peers": peers,
         "setup": setup_status, "packages": {k: v["packages"] for k, v in PEERS.items()}, "model": model,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
