@@ -150,7 +150,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["task_arithmetic"], help="methods to run")
     parser.add_argument("--commands", nargs="+", choices=["merge", "weave"], default=["merge", "weave"])
     parser.add_argument("--lambdas", default="0.1:1.0:0.1", help="weave search space (default 0.1:1.0:0.1)")
-    parser.add_argument("--pooling", default="avg")
+    parser.add_argument("--pooling", default="avg", help="a pooling or a merge method (default avg)")
+    parser.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                        help="a hyper-parameter axis of the weave's search space (repeatable; the CLI's --space)")
+    parser.add_argument("--pooling-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyper-parameter of a merge method used as the pooling (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the CLI (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--reuse", action="store_true", help="use checkpoints already in --dir")
@@ -192,6 +196,8 @@ def main() -> None:
                                      "--out", str(out)]
                 if command == "weave":
                     cli += ["--lambdas", args.lambdas, "--pooling", args.pooling]
+                    cli += [arg for axis in args.space for arg in ("--space", axis)]
+                    cli += [arg for value in args.pooling_set for arg in ("--pooling-set", value)]
                 result = run_cli(cli, args.dir / f"{command}-{method}.log", args.threads)
                 row = {"command": command, "method": method, "inputs_gib": inputs_bytes / 2**30,
                        "largest_tensor_mib": largest_mib, **result,
@@ -213,7 +219,8 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, object]], input
     payload = {
         "inputs_gib": round(inputs_bytes / 2**30, 3), "tasks": args.tasks, "width": args.width,
         "dtype": args.dtype, "tensors_per_model": len(shapes), "shard_gib": args.shard_gib,
-        "lambdas": args.lambdas, "pooling": args.pooling, "threads": args.threads,
+        "lambdas": args.lambdas, "pooling": args.pooling, "space": args.space, "pooling_set": args.pooling_set,
+        "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
