@@ -36,6 +36,20 @@ def make_models(seed: int = 0, tasks: int = 3, shapes: dict[str, tuple[int, ...]
     return pretrained, finetuned
 
 
+def weave_files(tmp_path: Path, seed: int) -> tuple[list[str], dict[str, torch.Tensor],
+                                                     list[dict[str, torch.Tensor]], Path]:
+    """`make_models(seed)` saved as safetensors: the `weaving weave` arguments naming them (without a method),
+    the models, and the output path."""
+    pretrained, finetuned = make_models(seed=seed)
+    save_file(pretrained, tmp_path / "pre.safetensors")
+    for i, sd in enumerate(finetuned):
+        save_file(sd, tmp_path / f"ft{i}.safetensors")
+    out = tmp_path / "out.safetensors"
+    argv = ["weave", "--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned",
+            *(str(tmp_path / f"ft{i}.safetensors") for i in range(len(finetuned))), "--out", str(out), "--quiet"]
+    return argv, pretrained, finetuned, out
+
+
 def write_sharded(folder: Path, state: dict[str, torch.Tensor], parts: int = 2) -> Path:
     """``state`` as Hugging Face shards ``model-0000i-of-0000n.safetensors`` plus the index."""
     folder.mkdir(parents=True, exist_ok=True)

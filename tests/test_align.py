@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from align_fixtures import randomize_batch_norm_statistics, state
 from torch import nn
 
 from weaving.align import (
@@ -56,16 +57,8 @@ def small_model(kind: str, seed: int) -> nn.Module:
     arch = kind.split("-")[0]
     model = build_model(arch, in_channels=2, image_size=8, num_classes=3, seed=seed, **MODELS[kind])
     if kind == "resnet-batch":  # non-trivial running statistics, so that permuting them matters
-        g = torch.Generator().manual_seed(seed + 99)
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=g))
-                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+        randomize_batch_norm_statistics(model, seed)
     return model.eval()
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def inputs(seed: int = 0, n: int = 6) -> torch.Tensor:

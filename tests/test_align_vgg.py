@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from align_fixtures import randomize_batch_norm_statistics, state
 from torch import nn
 
 from weaving.align import (
@@ -32,16 +33,8 @@ TINY = {"width": [3, 4, 4, 5, 5], "convs_per_stage": [2, 2, 3, 3, 3], "classifie
 def tiny_vgg(seed: int, norm: str = "layer", image_size: int = 16) -> nn.Module:
     model = build_model("vgg", in_channels=2, image_size=image_size, num_classes=3, norm=norm, seed=seed, **TINY)
     if norm == "batch":  # non-trivial running statistics, so that permuting them matters
-        g = torch.Generator().manual_seed(seed + 99)
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=g))
-                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+        randomize_batch_norm_statistics(model, seed)
     return model.eval()
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def x_batch(seed: int = 0, n: int = 5, size: int = 16) -> torch.Tensor:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_fixtures import make_models, run
+from cli_fixtures import make_models, run, weave_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from weave_strategies import AXES, grids, small_models
 
 import weaving.methods.ties as ties_module
@@ -240,14 +240,7 @@ def test_pooling_params_need_a_weave() -> None:
 
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[list[str], dict[str, torch.Tensor], list[dict[str, torch.Tensor]], Path]:
-    pretrained, finetuned = make_models(seed=5)
-    save_file(pretrained, tmp_path / "pre.safetensors")
-    for i, sd in enumerate(finetuned):
-        save_file(sd, tmp_path / f"ft{i}.safetensors")
-    out = tmp_path / "out.safetensors"
-    argv = ["weave", "--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned",
-            *(str(tmp_path / f"ft{i}.safetensors") for i in range(len(finetuned))), "--out", str(out), "--quiet"]
-    return argv, pretrained, finetuned, out
+    return weave_files(tmp_path, seed=5)
 
 
 def test_cli_pooling_by_a_method_equals_the_library_and_round_trips(files, tmp_path: Path,
