@@ -82,6 +82,18 @@ def synthetic_task_vectors(shapes: dict[str, list[int]], tasks: int, seed: int) 
     return taus
 
 
+def write_results(out: Path, settings: dict[str, object], results: list) -> None:
+    """`settings`, the machine, the command line and `results` as JSON at `out` (written beside it, then renamed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**settings,
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
+               "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, out)
+
+
 def worker(args: argparse.Namespace) -> dict[str, object]:
     """One measurement, in this (fresh) process."""
     import torch
@@ -217,19 +229,10 @@ def main() -> None:
             print(f"[{i}/{len(plan)}] {json.dumps(result)}", file=sys.stderr, flush=True)
     table = markdown(results, args.ks)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    write_results(args.out, {
         "model": "tiny ViT (4 layers, width 128)" if args.quick else "open_clip ViT-B-32 image encoder",
         "tasks": args.tasks, "ks": args.ks, "pooling": args.pooling,
-        "repeats": args.repeats, "threads": args.threads, "malloc_mmap_threshold": MMAP_THRESHOLD,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "results": results,
-    }
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, args.out)
+        "repeats": args.repeats, "threads": args.threads, "malloc_mmap_threshold": MMAP_THRESHOLD}, results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_merge import MMAP_THRESHOLD, _status_kib, model_shapes, synthetic_task_vectors  # noqa: E402
+from bench_merge import (  # noqa: E402
+    MMAP_THRESHOLD,
+    _status_kib,
+    model_shapes,
+    synthetic_task_vectors,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_weave_space.json"
 CASES = ("space", "ties-pooling", "tsv-pooling")
@@ -159,19 +164,10 @@ def main() -> None:
             print(f"[{i}/{len(args.cases)}] {json.dumps(measured)}", file=sys.stderr, flush=True)
     table = markdown(results, args.ks)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    write_results(args.out, {
         "model": "tiny ViT (4 layers, width 128)" if args.quick else "open_clip ViT-B-32 image encoder",
         "tasks": args.tasks, "ks": args.ks, "densities": DENSITIES, "repeats": args.repeats,
-        "threads": args.threads, "malloc_mmap_threshold": MMAP_THRESHOLD,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "results": results,
-    }
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, args.out)
+        "threads": args.threads, "malloc_mmap_threshold": MMAP_THRESHOLD}, results)
 
 
 if __name__ == "__main__":
