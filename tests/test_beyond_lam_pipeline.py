@@ -16,6 +16,7 @@ from report_fixtures import make_run
 
 from weaving import merge
 from weaving.experiment import Scenario, evaluate_method
+from weaving.metrics import WeaveExtension
 from weaving.report import load_metrics
 from weaving.report.beyond import beyond_lam_table, claim_beyond_lam, variant_label
 from weaving.report.claims import FAILS, HOLDS, MIXED, UNTESTABLE
@@ -165,7 +166,8 @@ def test_the_table_holds_each_setups_mean_and_the_gain_over_lam_only(tmp_path: P
         assert rows[("ties", "lam_x_density")][setup_index] == pytest.approx(expected)
     lam_only_avg = rows[("ties", "lam_only")][-2]
     assert rows[("ties", "lam_x_density")][-1] == pytest.approx(rows[("ties", "lam_x_density")][-2] - lam_only_avg)
-    assert variant_label("lam_x_density") == "λ × density" and variant_label("tsv_pooling") == "TSV as pooling"
+    assert variant_label(run.get("tiny-clip", "mtl", "ties").extensions["lam_x_density"]) == "λ × density"
+    assert variant_label(WeaveExtension(space={}, pooling="tsv", pooling_params={}, accuracy={})) == "TSV as pooling"
 
 
 @pytest.mark.parametrize("gain_space, gain_ties, verdict", [

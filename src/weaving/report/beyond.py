@@ -14,30 +14,31 @@ from __future__ import annotations
 from statistics import fmean
 
 from weaving.catalogue import method_label
+from weaving.metrics import WeaveExtension
 from weaving.report.claims import HOLDS, UNTESTABLE, Claim, _combine, _majority, _pp
 from weaving.report.load import RunMetrics
 from weaving.report.tables import SETUP_SHORT, Label, Table, method_cell
 
 
-def variant_label(name: str) -> str:
-    """`lam_x_density` -> "λ × density"; `ties_pooling` -> "TIES as pooling"."""
-    if name.startswith("lam_x_"):
-        return "λ × " + " × ".join(name.removeprefix("lam_x_").split("_x_"))
-    return f"{method_label(name.removesuffix('_pooling'))} as pooling"
+def variant_label(variant: WeaveExtension) -> str:
+    """A space over density -> "λ × density"; TSV as the pooling -> "TSV as pooling"."""
+    if variant.space:
+        return "λ × " + " × ".join(variant.space)
+    return f"{method_label(variant.pooling)} as pooling"
 
 
-def variant_kind(name: str) -> str:
-    """The claim part a variant belongs to: `space` (any hyper-parameter axis) or the pooling method's name."""
-    return "space" if name.startswith("lam_x_") else name
+def variant_kind(name: str, variant: WeaveExtension) -> str:
+    """The claim part a variant belongs to: `space` (any hyper-parameter axis) or its own name."""
+    return "space" if variant.space else name
 
 
-def variants(run: RunMetrics) -> dict[str, list[str]]:
+def variants(run: RunMetrics) -> dict[str, dict[str, WeaveExtension]]:
     """Per method, the variants its records hold (the same in every setup and model), in file order."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, dict[str, WeaveExtension]] = {}
     for method in run.methods:
-        names = [list(run.get(m, s, method).extensions or {}) for s in run.setups for m in run.models]
-        if names and names[0]:
-            found[method] = names[0]
+        extensions = run.get(run.models[0], run.setups[0], method).extensions
+        if extensions:
+            found[method] = dict(extensions)
     return found
 
 
@@ -55,10 +56,11 @@ def beyond_lam_table(run: RunMetrics) -> Table | None:
     table = Table("beyond_lam", "Weight Weaving beyond λ: hyper-parameter search spaces and merge methods as poolings",
                   ["Method", "Weight Weaving over", *columns, "Avg", "Δ vs λ only"],
                   ["method", "variant", *run.setups, "avg", "gain_over_lam_only"])
-    for method, names in found.items():
+    for method, extensions in found.items():
         rows = [("baseline", "baseline (λ = 1)", lambda r: r.baseline_avg),
                 ("lam_only", "λ only (avg, A*)", lambda r: r.weaving_avg("avg", "all"))]
-        rows += [(name, variant_label(name), lambda r, n=name: r.extension_avg(n)) for name in names]
+        rows += [(name, variant_label(variant), lambda r, n=name: r.extension_avg(n))
+                 for name, variant in extensions.items()]
         lam_only = fmean(_setup_mean(run, method, s, rows[1][2]) for s in run.setups)
         for key, label, value in rows:
             cells = [_setup_mean(run, method, s, value) for s in run.setups]
@@ -88,9 +90,12 @@ def claim_beyond_lam(run: RunMetrics) -> Claim:
                      "not testable: no weave ran a variant beyond λ (params method_params.<method>.space, "
                      "weave.method_poolings)", paper=paper)
     parts: dict[str, dict[str, float | int]] = {}
-    for method, names in found.items():
-        for name in names:
-            part = parts.setdefault(variant_kind(name), {"cells": 0, "wins": 0, "gain": 0.0, "over_lam_only": 0.0})
+    labels: dict[str, str] = {}
+    for method, extensions in found.items():
+        for name, variant in extensions.items():
+            kind = variant_kind(name, variant)
+            labels[kind] = "λ × h" if kind == "space" else variant_label(variant)
+            part = parts.setdefault(kind, {"cells": 0, "wins": 0, "gain": 0.0, "over_lam_only": 0.0})
             for setup in run.setups:
                 for model in run.models:
                     record = run.get(model, setup, method)
@@ -105,7 +110,7 @@ def claim_beyond_lam(run: RunMetrics) -> Claim:
                for kind, p in parts.items()}
     verdicts = {kind: _majority(n["cells_beating_baseline"], n["cells"]) for kind, n in numbers.items()}
     evidence = "; ".join(
-        f"{'λ × h' if kind == 'space' else variant_label(kind)}: beats the baseline in {n['cells_beating_baseline']}/"
+        f"{labels[kind]}: beats the baseline in {n['cells_beating_baseline']}/"
         f"{n['cells']} cells, mean {_pp(n['mean_gain_pp'])} (vs λ only {_pp(n['mean_gain_over_lam_only_pp'])})"
         f"{'' if verdicts[kind] == HOLDS else ' — ' + verdicts[kind]}"
         for kind, n in numbers.items())
