@@ -36,7 +36,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_compress.json"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # this checkout's weaving
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_merge import _status_kib  # noqa: E402
+from bench_merge import status_kib  # noqa: E402
 
 MODES = ("compress", "tsv_merge", "tsv_from_factors")
 MMAP_THRESHOLD = 1 << 20  # freed tensors over 1 MiB leave the resident set (see bench_merge.py)
@@ -98,7 +98,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     warmup = [{"w": tau[next(k for k in tau if tau[k].ndim == 2)][:8, :8].clone()} for tau in taus]
     compress_task_vectors(warmup), merge("tsv", warmup)  # first-call costs (lazy imports, LAPACK set-up)
     gc.collect()
-    baseline_kib = _status_kib("VmRSS")
+    baseline_kib = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     walls, result = [], None
@@ -107,7 +107,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         start = time.perf_counter()
         result = call()
         walls.append(time.perf_counter() - start)
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     record = {
         "mode": args.mode, "tasks": args.tasks, "blocks": args.blocks, "wall_s": round(min(walls), 3),
         "wall_s_all": [round(w, 3) for w in walls], "peak_delta_mib": round((peak_kib - baseline_kib) / 1024, 1),

@@ -56,7 +56,8 @@ def model_shapes(quick: bool) -> dict[str, list[int]]:
     return {key: list(t.shape) for key, t in visual.state_dict().items() if t.is_floating_point()}
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: resident now; VmHWM: the peak), for every benchmark's workers."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
@@ -118,7 +119,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     first_call(warmup)  # first-call costs (lazy imports, kernels)
     del warmup
     gc.collect()
-    baseline_kib = _status_kib("VmRSS")
+    baseline_kib = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # reset VmHWM to the current resident set
     walls = []
@@ -127,7 +128,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         result = call()
         walls.append(time.perf_counter() - start)
         del result
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     return {
         "method": args.method, "mode": args.mode, "k": args.k if args.mode != "merge" else None,
         "tasks": args.tasks, "pooling": args.pooling, "wall_s": round(min(walls), 3),

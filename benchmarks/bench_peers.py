@@ -62,6 +62,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # bench_merge: standard library only at import, so every peer's venv can read it
+from bench_merge import status_kib  # noqa: E402
+
 RESULTS = HERE / "results" / "peers.json"
 README = HERE / "README.md"
 PEERS = {
@@ -183,14 +186,6 @@ def peer_status() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- in memory
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _fusionbench_call(method: str):  # noqa: ANN202 (runs in FusionBench's environment)
@@ -356,7 +351,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, object]:
         call(warmup)
     del warmup
     gc.collect()
-    baseline_kib = _status_kib("VmRSS")
+    baseline_kib = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     walls = []
@@ -368,7 +363,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, object]:
         if repeat < args.repeats - 1 or not args.save:
             del result
         gc.collect()
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     if args.save:  # the last result, for the comparison (after the peak was read)
         from safetensors.torch import save_file
 

@@ -39,8 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_merge import (  # noqa: E402
     MMAP_THRESHOLD,
-    _status_kib,
     model_shapes,
+    status_kib,
     synthetic_task_vectors,
     write_results,
 )
@@ -86,13 +86,13 @@ def worker(args: argparse.Namespace) -> list[dict[str, object]]:
     for _ in range(args.repeats):
         for k, call in calls.items():
             gc.collect()
-            baseline_kib = _status_kib("VmRSS")
+            baseline_kib = status_kib("VmRSS")
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # reset VmHWM to the current resident set
             start = time.perf_counter()
             result = call(taus)
             walls[k].append(time.perf_counter() - start)
-            peaks[k].append((_status_kib("VmHWM") - baseline_kib) / 1024)
+            peaks[k].append((status_kib("VmHWM") - baseline_kib) / 1024)
             baselines[k].append(baseline_kib / 1024)
             del result
     tau_mib = round(sum(t.numel() * t.element_size() for tau in taus for t in tau.values()) / 2**20, 1)

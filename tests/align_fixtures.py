@@ -16,6 +16,24 @@ def randomize_batch_norm_statistics(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def conv_output_statistics(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple]:
+    """Per Conv2d (by module name): the mean and population variance of each output channel over `batches`
+    (numpy float64), as REPAIR's targets are defined."""
+    collected: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: collected.setdefault(name, []).append(o))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for hook in hooks:
+        hook.remove()
+    out = {}
+    for name, outputs in collected.items():
+        y = torch.cat(outputs).double().transpose(0, 1).flatten(1).numpy()
+        out[name] = (y.mean(1), y.var(1))
+    return out
+
+
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the model's state dict."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

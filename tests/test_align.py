@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from align_fixtures import randomize_batch_norm_statistics, state
+from align_fixtures import conv_output_statistics, randomize_batch_norm_statistics, state
 from torch import nn
 
 from weaving.align import (
@@ -370,23 +370,9 @@ def test_repair_sets_every_conv_output_to_the_goal_statistics():
     batches = list(inputs(5, 40).split(16))
     repaired = repair(merged, endpoints, batches, eps=0.0)
 
-    def stats(model):
-        collected = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: collected.setdefault(name, []).append(o))
-                 for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-        for h in hooks:
-            h.remove()
-        out = {}
-        for name, outputs in collected.items():
-            y = torch.cat(outputs).double().permute(1, 0, 2, 3).reshape(outputs[0].shape[1], -1).numpy()
-            out[name] = (y.mean(1), y.var(1))
-        return out
 
-    goal = [stats(m) for m in endpoints]
-    got = stats(repaired)
+    goal = [conv_output_statistics(m, batches) for m in endpoints]
+    got = conv_output_statistics(repaired, batches)
     assert set(got) == set(goal[0]) and len(got) == 6  # stem, 2 + 2 block convs, 1 shortcut
     for name, (mean, var) in got.items():
         np.testing.assert_allclose(mean, (goal[0][name][0] + goal[1][name][0]) / 2, atol=1e-5)

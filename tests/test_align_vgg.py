@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from align_fixtures import randomize_batch_norm_statistics, state
+from align_fixtures import conv_output_statistics, randomize_batch_norm_statistics, state
 from torch import nn
 
 from weaving.align import (
@@ -153,21 +153,8 @@ def test_repair_of_a_merged_vgg_sets_every_conv_output_to_the_goal():
     batches = list(x_batch(5, 24).split(8))
     repaired = repair(merged, endpoints, batches, eps=0.0)
 
-    def conv_stats(model):
-        outs: dict[str, list] = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outs.setdefault(name, []).append(o))
-                 for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-        for h in hooks:
-            h.remove()
-        return {name: (torch.cat(o).double().transpose(0, 1).flatten(1).mean(1).numpy(),
-                       torch.cat(o).double().transpose(0, 1).flatten(1).var(1, unbiased=False).numpy())
-                for name, o in outs.items()}
-
-    goal = [conv_stats(m) for m in endpoints]
-    got = conv_stats(repaired)
+    goal = [conv_output_statistics(m, batches) for m in endpoints]
+    got = conv_output_statistics(repaired, batches)
     assert len(got) == 13
     for name, (mean, var) in got.items():
         np.testing.assert_allclose(mean, (goal[0][name][0] + goal[1][name][0]) / 2, atol=1e-5)
