@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
-from weave_strategies import AXES, grids, small_models
+from weave_strategies import AXES, counting_finalize_at, grids, small_models
 
 import weaving.methods.ties as ties_module
 from weaving import METHODS, ParamError, apply_task_vector, merge, task_vectors, weave
@@ -166,15 +166,7 @@ def test_weave_from_merged_and_a_method_not_linear_in_lam(monkeypatch: pytest.Mo
     original = METHODS["breadcrumbs"].start
 
     def start(hparams, layout):
-        run = original(hparams, layout)
-        finalize_at = run.finalize_at
-
-        def counted(key, taus, lam):
-            calls.append(lam)
-            return finalize_at(key, taus, lam)
-
-        run.finalize_at = counted
-        return run
+        return counting_finalize_at(original(hparams, layout), calls)
 
     nonlinear = dataclasses.replace(METHODS["breadcrumbs"], linear_in_lam=False)
     object.__setattr__(nonlinear, "start", start)

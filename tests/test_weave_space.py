@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
-from weave_strategies import grids, small_models
+from weave_strategies import counting_finalize_at, grids, small_models
 
 from weaving import METHODS, POOLINGS, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.methods.base import ModelWideMethod, PerTensorMethod
@@ -172,15 +172,7 @@ def test_a_method_not_linear_in_lam_merges_once_per_point(pooling: str, monkeypa
     original = METHODS["ties"].begin
 
     def begin(layout, **hparams):
-        run = original(layout, **hparams)
-        finalize_at = run.finalize_at
-
-        def counted(key, taus, lam):
-            calls.append(lam)
-            return finalize_at(key, taus, lam)
-
-        run.finalize_at = counted
-        return run
+        return counting_finalize_at(original(layout, **hparams), calls)
 
     nonlinear = dataclasses.replace(METHODS["ties"], linear_in_lam=False, begin=begin)
     pretrained, finetuned = ref.random_model(2, seed=8)

@@ -38,3 +38,15 @@ def grids(draw, method: str):
     axes = AXES.get(method, {})
     chosen = draw(st.lists(st.sampled_from(sorted(axes)), unique=True, max_size=len(axes))) if axes else []
     return {name: draw(st.lists(st.sampled_from(axes[name]), min_size=1, max_size=3)) for name in chosen}
+
+
+def counting_finalize_at(run, calls: list[float]):
+    """`run` (a method's run) whose `finalize_at(key, taus, lam)` also appends each lam to `calls`."""
+    finalize_at = run.finalize_at
+
+    def counted(key, taus, lam):
+        calls.append(lam)
+        return finalize_at(key, taus, lam)
+
+    run.finalize_at = counted
+    return run
