@@ -8,7 +8,8 @@ averages and of each woven model's gain over the baseline (`weave.bootstrap`). T
 models chosen by `weave.artifact` are kept under `models/woven/<model>/<method>/<setup>/` (one
 file per scenario, listed in `manifest.json`). One process for all setups: the model, the heads
 and the test caches are loaded once (a method's params are shared by its setups, so one stage
-per setup would rerun no less).
+per setup would rerun no less). TSV's SVDs of a matrix (as the method and as a pooling) are
+computed once for the whole stage (`weaving.methods.tsv.reuse_svds`: the same bits).
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
 
 
 def main() -> None:
+    from weaving.methods.tsv import reuse_svds
+
     params, (model_name, method) = stage_params({"model": lambda p: p.models, "method": lambda p: p.methods})
     name = f"weave@{model_name}-{method}"
-    with stage(name, threads=params.threads):
+    with stage(name, threads=params.threads), reuse_svds():  # the scenarios share task vectors: SVDs once
         inputs = EvaluationInputs(params, model_name)
         for setup in params.setups:
             metrics = weave_setup(inputs, setup, method)

@@ -22,6 +22,13 @@ from weaving import METHODS, ParamError, apply_task_vector, merge, task_vectors,
 from weaving.methods.base import derive_seed
 
 LAMBDAS = st.lists(st.floats(-2.0, 2.5).map(lambda x: round(x, 2)), min_size=1, max_size=3)
+POWERS_OF_TWO = st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0]), min_size=1, max_size=3)
+
+
+def lambdas_for(pooling: str) -> st.SearchStrategy[list[float]]:
+    """Lams at which the pooling's shortcut must equal the materialised members bit for bit: any for
+    every method but TSV, whose shortcut scales `M`'s singular values, exact for positive powers of two only."""
+    return POWERS_OF_TWO if pooling == "tsv" else LAMBDAS
 
 
 @st.composite
@@ -61,8 +68,8 @@ def assert_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) ->
 @pytest.mark.parametrize("pooling", sorted(METHODS))
 def test_fast_path_equals_materialised_for_methods_as_poolings(method: str, pooling: str) -> None:
     """Every method, every method as the pooling, both pool_over, over grids: exactly equal."""
-    @given(small_models(), LAMBDAS, grids(method), pooling_params(pooling), st.sampled_from(["all", "augmented"]),
-           st.integers(0, 100))
+    @given(small_models(), lambdas_for(pooling), grids(method), pooling_params(pooling),
+           st.sampled_from(["all", "augmented"]), st.integers(0, 100))
     @settings(max_examples=2, deadline=None)
     def check(taus, lambdas, space, params, pool_over, seed) -> None:
         kwargs = dict(pooling=pooling, pooling_params=params, pool_over=pool_over, seed=seed, space=space or None)
@@ -81,8 +88,8 @@ def test_pooled_is_the_method_on_the_materialised_members(method: str, pooling: 
     Exact for every method (the same per-key code on the same members); for TIES (a shortcut
     for its thresholds) this is the check of the shortcut against TIES on the members.
     """
-    @given(small_models(), LAMBDAS, grids(method), pooling_params(pooling), st.sampled_from(["all", "augmented"]),
-           st.integers(0, 100))
+    @given(small_models(), lambdas_for(pooling), grids(method), pooling_params(pooling),
+           st.sampled_from(["all", "augmented"]), st.integers(0, 100))
     @settings(max_examples=3, deadline=None)
     def check(taus, lambdas, space, params, pool_over, seed) -> None:
         pooled = weave(method, taus, lambdas, pooling=pooling, pooling_params=params, pool_over=pool_over,
@@ -121,6 +128,51 @@ def test_ties_pooling_selects_over_the_taus_and_each_merge_once(pool_over: str, 
     rows.clear()
     weave("ties", taus, lambdas, pooling="ties", pool_over=pool_over, space=space)
     assert rows == [3, 3, tasks + 2]  # the two merges' own selections, then the pooling's
+
+
+@pytest.mark.parametrize("pool_over", ["all", "augmented"])
+def test_tsv_pooling_takes_one_svd_per_task_and_merge(pool_over: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import weaving.methods.tsv as tsv_module
+
+    calls: list[tuple[int, ...]] = []
+    original = tsv_module.top_triplets
+
+    def counting(matrix, k):
+        calls.append(tuple(matrix.shape))
+        return original(matrix, k)
+
+    monkeypatch.setattr(tsv_module, "top_triplets", counting)
+    taus = [{"w": torch.randn(8, 6, generator=torch.Generator().manual_seed(i)), "b": torch.ones(3) * i}
+            for i in range(3)]
+    lambdas = [0.1 * i for i in range(1, 11)]
+    weave("dare", taus, lambdas, pooling="tsv", pool_over=pool_over, space={"p": [0.1, 0.4]})
+    tasks = 3 if pool_over == "all" else 0
+    assert calls == [(8, 6)] * (tasks + 2)  # not tasks + 20 members
+    calls.clear()
+    weave("dare", taus, lambdas, pooling="tsv", pool_over=pool_over, space={"p": [0.1, 0.4]}, materialize=True)
+    assert calls == [(8, 6)] * (tasks + 20)
+
+
+@pytest.mark.parametrize("lam", [0.3, 0.7, -1.3])
+def test_tsv_pooling_with_one_lam_is_tsv_on_the_members_up_to_rounding(lam: float) -> None:
+    """One point: the concatenated singular vectors have full rank, so the result is a continuous function
+    of the members, and the shortcut's scaled singular values differ from the members' SVD by rounding only."""
+    generator = torch.Generator().manual_seed(3)
+    taus = [{"w": torch.randn(40, 30, generator=generator, dtype=torch.float64)} for _ in range(3)]
+    pooled = weave("task_arithmetic", taus, [lam], pooling="tsv")["w"]
+    members = [*taus, {"w": torch.tensor(lam, dtype=torch.float64) * merge("task_arithmetic", taus)["w"]}]
+    k = 30 // 4
+    triplets = [torch.linalg.svd(member["w"], full_matrices=False) for member in members]
+    u = torch.cat([t.U[:, :k] for t in triplets], dim=1)
+    s = torch.cat([t.S[:k] for t in triplets])
+    v = torch.cat([t.Vh[:k].T for t in triplets], dim=1)
+
+    def polar(a):  # via the symmetric square root, not an SVD: U (U^T U)^(-1/2)
+        values, vectors = torch.linalg.eigh(a.T @ a)
+        return a @ vectors @ torch.diag(values.rsqrt()) @ vectors.T
+
+    expected = polar(u) @ torch.diag(s) @ polar(v).T
+    assert torch.allclose(pooled, expected, rtol=0, atol=1e-9 * expected.abs().max())
 
 
 def test_majority_sign_pass_of_ties_as_pooling() -> None:

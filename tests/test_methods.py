@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weaving import METHODS, ParamError, apply_task_vector, merge, quantile, task_vectors
+from weaving import METHODS, ParamError, apply_task_vector, merge, quantile, task_vectors, weave
 from weaving.methods.base import ModelLayout
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,6 +174,43 @@ def test_tsv_and_iso_c_of_a_single_task() -> None:
     u, s, vh = torch.linalg.svd(tau["w"], full_matrices=False)
     torch.testing.assert_close(merge("iso_c", [tau])["w"], s.mean() * u @ vh)
     assert torch.equal(merge("iso_c", [tau])["b"], tau["b"])
+
+
+def test_tsv_svd_reuse_gives_the_same_bits_and_computes_each_matrix_once() -> None:
+    """Overlapping subsets of task vectors, as the pipeline's scenarios: within `reuse_svds`, each
+    distinct matrix is decomposed once, and every merge and weave is bit for bit the one without it."""
+    from weaving.methods.tsv import reuse_svds
+
+    g = torch.Generator().manual_seed(5)
+    taus = [{"w": torch.randn(12, 9, generator=g), "b": torch.randn(9, generator=g)} for _ in range(4)]
+    subsets = [taus[:3], taus[1:]]
+
+    def run() -> list[dict[str, torch.Tensor]]:
+        return ([merge("tsv", subset) for subset in subsets]
+                + [weave("task_arithmetic", subset, [0.5, 1.0], pooling="tsv") for subset in subsets])
+
+    without = run()
+    with reuse_svds() as memo:
+        within = run()
+    assert all(torch.equal(a[key], b[key]) for a, b in zip(without, within) for key in a)
+    # computed: the 4 task vectors' w, then each weave's M once (its two points share M's SVD);
+    # reused: 2 of the second merge's 3, and the 3 of each weave's task vectors
+    assert (memo.misses, memo.hits) == (4 + 2, 2 + 3 + 3)
+    run()
+    assert (memo.misses, memo.hits) == (6, 8)  # after the block, nothing is reused
+
+
+def test_tsv_svd_reuse_keeps_at_most_its_byte_budget() -> None:
+    from weaving.methods.tsv import reuse_svds
+
+    g = torch.Generator().manual_seed(6)
+    taus = [{"w": torch.randn(16, 16, generator=g)} for _ in range(3)]
+    one = (16 * 16 + 16 + 16 * 16) * 4  # U, S and V^T of one 16 x 16 float32 matrix
+    with reuse_svds(max_bytes=2 * one) as memo:
+        merge("tsv", taus)
+        assert memo.bytes == 2 * one and memo.misses == 3
+        merge("tsv", taus[:1])  # evicted first (least recently used): computed again
+        assert memo.misses == 4 and memo.bytes <= 2 * one
 
 
 def test_half_precision_inputs_are_computed_in_float32_and_cast_back() -> None:
