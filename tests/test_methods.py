@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from weaving import METHODS, ParamError, apply_task_vector, merge, quantile, task_vectors, weave
 from weaving.methods.base import ModelLayout
+from weaving.methods.breadcrumbs import breadcrumbs_mask
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -138,6 +139,41 @@ def test_breadcrumbs_drops_outliers_then_keeps_the_next_largest() -> None:
     row = torch.tensor([[5.0, -1.0, 4.0, 0.5, -3.0, 2.0, 0.1, 0.2, -0.3, 0.4]])
     merged = merge("breadcrumbs", [{"w": row}], beta=0.3, gamma=0.1)  # drop 1 (5.0), keep 3
     assert torch.equal(merged["w"], torch.tensor([[0.0, 0.0, 4.0, 0.0, -3.0, 2.0, 0.0, 0.0, 0.0, 0.0]]))
+
+
+def stable_sort_mask(x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """The spec's Breadcrumbs mask by a plain sort per row: ranks by (-|x|, position), NaN first."""
+    if x.ndim == 0 or x.numel() == 0:
+        return torch.ones_like(x, dtype=torch.bool)
+    d = x.shape[-1]
+    dropped, kept = int(d * gamma), int(d * beta)
+    rows = []
+    for row in x.double().reshape(-1, d).tolist():
+        order = sorted(range(d), key=lambda i: (not math.isnan(row[i]), -abs(row[i]) if row[i] == row[i] else 0.0, i))
+        keep = set(order[dropped : dropped + kept])
+        rows.append([i in keep for i in range(d)])
+    return torch.tensor(rows, dtype=torch.bool).reshape(x.shape)
+
+
+@st.composite
+def breadcrumbs_rows(draw):
+    """0-D to 3-D tensors (a stack [T, ..., d]), sometimes empty, of small integers (many ties in |x|),
+    continuous values, or either with -0.0, NaN and +-inf; every float dtype."""
+    shape = draw(st.lists(st.integers(0, 3), max_size=2)) + draw(st.lists(st.integers(1, 24), max_size=1))
+    numbers = draw(st.sampled_from([st.integers(-3, 3), st.floats(-4.0, 4.0, width=16)]))
+    if draw(st.booleans()):
+        numbers = st.one_of(numbers, st.sampled_from([-0.0, math.nan, -math.nan, math.inf, -math.inf]))
+    values = draw(st.lists(numbers, min_size=math.prod(shape), max_size=math.prod(shape)))
+    dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+    return torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+
+
+@given(breadcrumbs_rows(), st.one_of(st.sampled_from([0.0, 0.1, 0.5, 1.0]), st.floats(0.0, 1.0)),
+       st.one_of(st.sampled_from([0.0, 0.01, 0.2, 0.6, 1.0]), st.floats(0.0, 1.0)))
+@settings(max_examples=300, deadline=None)
+def test_breadcrumbs_mask_equals_a_stable_sort(x: torch.Tensor, beta: float, gamma: float) -> None:
+    mask = breadcrumbs_mask(x, beta=beta, gamma=gamma)
+    assert mask.dtype == torch.bool and torch.equal(mask, stable_sort_mask(x, beta, gamma))
 
 
 def test_dare_drops_about_p_and_rescales_survivors() -> None:
