@@ -71,7 +71,7 @@ PEERS = {
     "fusionbench": {"venv": HERE / ".venv-fusionbench", "packages": ["fusion-bench==0.2.33"]},
     "mergekit": {"venv": HERE / ".venv-mergekit", "packages": ["mergekit==0.1.5"]},
 }
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # where no local CPU wheel of the project's torch exists
 MMAP_THRESHOLD = 1 << 20
 MEMORY_METHODS = ("task_arithmetic", "dare", "magmax", "ties", "iso_c", "tsv", "breadcrumbs", "pcb")
 QUICK_MEMORY_METHODS = ("task_arithmetic", "dare", "magmax")
@@ -108,27 +108,36 @@ def python_of(peer: str) -> Path:
 
 
 def setup(timeout_s: int) -> dict[str, str]:
-    """Create each peer's virtual environment (CPU torch first, then the peer); errors recorded."""
+    """Create each peer's virtual environment (CPU torch first, then the peer); errors recorded.
+
+    Torch: from pip's local wheels only if one is there (`--no-index`, pip's `find-links`: these
+    machines keep a CPU wheel of torch 2.13.0 there), else the CPU build from PyTorch's index (a
+    plain `pip install torch` from PyPI would take a CUDA build of several GB)."""
     status: dict[str, str] = {}
     for name, peer in PEERS.items():
         venv: Path = peer["venv"]
         log = venv.with_suffix(".setup.log")
         start = time.perf_counter()
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        steps = [[sys.executable, "-m", "venv", "--clear", str(venv)], pip + ["--upgrade", "pip"],
-                 pip + ["torch", "--index-url", TORCH_INDEX], pip + list(peer["packages"])]
+        local_torch = pip + ["--no-index", "torch"]
+        steps = [[[sys.executable, "-m", "venv", "--clear", str(venv)]], [pip + ["--upgrade", "pip"]],
+                 [local_torch, pip + ["torch", "--index-url", TORCH_INDEX]], [pip + list(peer["packages"])]]
         status[name] = "ok"
         with open(log, "w") as handle:
-            for step in steps:
-                handle.write("$ " + " ".join(step) + "\n")
-                handle.flush()
-                try:
-                    done = subprocess.run(step, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    status[name] = f"timed out after {timeout_s} s: {' '.join(step)}"
-                    break
-                if done.returncode != 0:
-                    status[name] = f"failed (exit {done.returncode}): {' '.join(step)}; see {log.name}"
+            for alternatives in steps:
+                for step in alternatives:  # the first that succeeds
+                    handle.write("$ " + " ".join(step) + "\n")
+                    handle.flush()
+                    try:
+                        done = subprocess.run(step, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout_s)
+                    except subprocess.TimeoutExpired:
+                        status[name] = f"timed out after {timeout_s} s: {' '.join(step)}"
+                        continue
+                    status[name] = ("ok" if done.returncode == 0
+                                    else f"failed (exit {done.returncode}): {' '.join(step)}; see {log.name}")
+                    if done.returncode == 0:
+                        break
+                if status[name] != "ok":
                     break
         print(f"{name}: {status[name]} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return status
