@@ -9,7 +9,9 @@ models chosen by `weave.artifact` are kept under `models/woven/<model>/<method>/
 file per scenario, listed in `manifest.json`). One process for all setups: the model, the heads
 and the test caches are loaded once (a method's params are shared by its setups, so one stage
 per setup would rerun no less). TSV's SVDs of a matrix (as the method and as a pooling) are
-computed once for the whole stage (`weaving.methods.tsv.reuse_svds`: the same bits).
+computed once for the whole stage (`weaving.methods.tsv.reuse_svds`: the same bits). With
+`eval.workers` > 1, that many evaluations run at once in threads (each with its own copy of the
+model and one torch thread) while the main thread merges and weaves the next vectors.
 """
 
 from __future__ import annotations
@@ -34,27 +36,45 @@ class EvaluationInputs:
     """The model, heads and test caches of one model, loaded once and shared by every setup."""
 
     def __init__(self, params: Params, model_name: str) -> None:
+        import threading
+
         from weaving.clip import load_pretrained
 
         self.params, self.model_name = params, model_name
         self.model = load_pretrained(paths.pretrained(model_name), device=compute_device())
+        self._per_thread = threading.local()
+        self._loading = threading.Lock()  # heads and caches are loaded on first use, by any thread
         self.dataset_of = ({t: t for t in params.suite.mtl}
                            | {b: params.cl_benchmarks[b].dataset for b in params.suite.cl})
         self._heads: dict = {}
         self._caches: dict = {}
 
+    def model_here(self):
+        """The model of the calling thread: the loaded one in the main thread, a copy in each
+        evaluation worker (`eval.workers`), since an evaluation loads its weights into the model."""
+        import copy
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            return self.model
+        if not hasattr(self._per_thread, "model"):
+            self._per_thread.model = copy.deepcopy(self.model)
+        return self._per_thread.model
+
     def head(self, task: str):
         from weaving.io import load_state_dict
 
         dataset = self.dataset_of[task]
-        if dataset not in self._heads:
-            self._heads[dataset] = load_state_dict(paths.heads(self.model_name, dataset))["weight"]
+        with self._loading:
+            if dataset not in self._heads:
+                self._heads[dataset] = load_state_dict(paths.heads(self.model_name, dataset))["weight"]
         return self._heads[dataset]
 
     def cache(self, task: str):
         dataset = self.dataset_of[task]
-        if dataset not in self._caches:
-            self._caches[dataset] = load_tensors(paths.test_cache(self.model_name, dataset))
+        with self._loading:
+            if dataset not in self._caches:
+                self._caches[dataset] = load_tensors(paths.test_cache(self.model_name, dataset))
         return self._caches[dataset]
 
 
@@ -69,7 +89,7 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
     from weaving.io import sha256_file
     from weaving.metrics import WeaveMetrics
 
-    params, model_name, model = inputs.params, inputs.model_name, inputs.model
+    params, model_name = inputs.params, inputs.model_name
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
     recommended_lam = params.recommended_lam(method)
@@ -83,7 +103,8 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
 
     def correct(merged_task_vector, task):
         visual = apply_task_vector(pretrained, image_encoder_part(merged_task_vector))
-        return correctness(model, visual, inputs.head(task), inputs.cache(task), batch_size=params.eval.batch_size)
+        return correctness(inputs.model_here(), visual, inputs.head(task), inputs.cache(task),
+                           batch_size=params.eval.batch_size)
 
     artifact = params.weave.artifact
     woven_dir = paths.woven(model_name, method, setup)
@@ -108,7 +129,7 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
         method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=recommended_lam,
         poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed,
         evaluate=correct, on_woven=keep_artifact, progress=True, bootstrap=params.weave.bootstrap.model_dump(),
-        space=spec.space, method_poolings=params.weave.method_poolings)
+        space=spec.space, method_poolings=params.weave.method_poolings, workers=params.eval.workers)
     write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
                                              "pooling": artifact.pooling, "pool_over": artifact.pool_over,
                                              "kept": kept})
@@ -123,7 +144,10 @@ def main() -> None:
 
     params, (model_name, method) = stage_params({"model": lambda p: p.models, "method": lambda p: p.methods})
     name = f"weave@{model_name}-{method}"
-    with stage(name, threads=params.threads), reuse_svds():  # the scenarios share task vectors: SVDs once
+    # several evaluation workers: one torch thread each (two single-threaded forward passes of the small
+    # model at once outrun one on two threads; benchmarks/README.md)
+    threads = 1 if params.eval.workers > 1 else params.threads
+    with stage(name, threads=threads), reuse_svds():  # the scenarios share task vectors: SVDs once
         inputs = EvaluationInputs(params, model_name)
         for setup in params.setups:
             metrics = weave_setup(inputs, setup, method)

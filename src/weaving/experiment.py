@@ -106,6 +106,7 @@ def evaluate_method(
     bootstrap: Mapping[str, float | int] | None = None,
     space: Mapping[str, Sequence[object]] | None = None,
     method_poolings: Mapping[str, Mapping[str, object]] | None = None,
+    workers: int = 1,
 ) -> dict:
     """Accuracy of ``method`` at every lam, at the baseline and recommended lam, and woven.
 
@@ -130,7 +131,16 @@ def evaluate_method(
     and per-task ``accuracy``) and, with ``bootstrap``, their intervals (the task average, the
     gain over the baseline and over Weight Weaving over lam only, avg over A*) to
     ``intervals["extensions"][name]``.
+
+    ``workers > 1`` runs that many evaluations at once, in threads, while the next vectors are
+    merged and woven (``evaluate`` must then be safe to call from several threads, e.g. one model
+    per thread); at most ``2 * workers`` vectors wait for evaluation. The result is the same as
+    with one worker: the evaluations are independent, and their results are recorded in the
+    order they were asked for.
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     from weaving import METHODS, merge, weave, weave_from_merged
@@ -154,9 +164,10 @@ def evaluate_method(
         result["extensions"] = {name: {**spec, "accuracy": {}} for name, spec in extensions.items()}
     linear = METHODS[method].linear_in_lam
     correct: dict[tuple, dict[str, Tensor]] = {}
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
 
-    def score(vector: TaskVector, task: str, kind: tuple) -> float:
-        value = evaluate(vector, task)
+    def accuracy(value: float | Tensor, task: str, kind: tuple) -> float:
         if isinstance(value, Tensor):
             if value.ndim != 1 or value.numel() == 0:
                 raise ValueError(f"evaluate({task!r}) returned a tensor of shape {tuple(value.shape)}, "
@@ -165,37 +176,64 @@ def evaluate_method(
             return 100.0 * float(value.double().mean())
         return float(value)
 
-    for scenario in scenarios:
-        taus = [task_vectors[name] for name in scenario.members]
-        merged = merge(method, taus, lam=1.0, **hparams)
-        at_point: dict[float, dict[str, float]] = {}
-        for lam in points:
-            scaled = ({key: value * lam for key, value in merged.items()} if linear
-                      else merge(method, taus, lam=lam, **hparams))
-            at_point[lam] = {}
-            is_baseline = math.isclose(lam, baseline_lam, abs_tol=1e-9)
-            for task in scenario.tasks:
-                at_point[lam][task] = score(scaled, task, ("baseline",) if is_baseline else ("lam", lam))
-                bar.update()
-        for task in scenario.tasks:
-            for i, lam in enumerate(lambdas):
-                result["sweep"][task][i] = at_point[lam][task]
-            result["baseline"][task] = at_point[_point(baseline_lam, points)][task]
-            result["recommended"][task] = at_point[_point(recommended_lam, points)][task]
-        for pooling in poolings:
-            for over in pool_over:
-                woven = (weave_from_merged(taus, merged, lambdas=lambdas, pooling=pooling, pool_over=over, seed=seed)
-                         if linear else weave(method, taus, lambdas, pooling, over, seed, **hparams))
-                if on_woven is not None:
-                    on_woven(scenario, pooling, over, woven)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="evaluate") if workers > 1 else None
+    waiting: deque = deque()  # (future, task, kind, record), in the order asked
+
+    def record_oldest() -> None:
+        future, task, kind, record = waiting.popleft()
+        record(accuracy(future.result(), task, kind))
+        bar.update()
+
+    def score(vector: TaskVector, task: str, kind: tuple, record: Callable[[float], None]) -> None:
+        """Evaluate `vector` on `task` now (one worker) or in a worker thread; `record(accuracy)` in order."""
+        if pool is None:
+            record(accuracy(evaluate(vector, task), task, kind))
+            bar.update()
+            return
+        waiting.append((pool.submit(evaluate, vector, task), task, kind, record))
+        while len(waiting) > 2 * workers:
+            record_oldest()
+
+    def into(table: dict, key: str) -> Callable[[float], None]:
+        return lambda value: table.__setitem__(key, value)
+
+    try:
+        for scenario in scenarios:
+            taus = [task_vectors[name] for name in scenario.members]
+            merged = merge(method, taus, lam=1.0, **hparams)
+            at_point: dict[float, dict[str, float]] = {}
+            for lam in points:
+                scaled = ({key: value * lam for key, value in merged.items()} if linear
+                          else merge(method, taus, lam=lam, **hparams))
+                at_point[lam] = {}
+                is_baseline = math.isclose(lam, baseline_lam, abs_tol=1e-9)
                 for task in scenario.tasks:
-                    result["weaving"][pooling][over][task] = score(woven, task, ("weaving", pooling, over))
-                    bar.update()
-        for name, spec in extensions.items():
-            woven = _weave_extension(method, hparams, taus, merged if linear else None, lambdas, spec, seed)
+                    score(scaled, task, ("baseline",) if is_baseline else ("lam", lam), into(at_point[lam], task))
+            for pooling in poolings:
+                for over in pool_over:
+                    woven = (weave_from_merged(taus, merged, lambdas=lambdas, pooling=pooling, pool_over=over,
+                                               seed=seed)
+                             if linear else weave(method, taus, lambdas, pooling, over, seed, **hparams))
+                    if on_woven is not None:
+                        on_woven(scenario, pooling, over, woven)
+                    for task in scenario.tasks:
+                        score(woven, task, ("weaving", pooling, over), into(result["weaving"][pooling][over], task))
+            for name, spec in extensions.items():
+                woven = _weave_extension(method, hparams, taus, merged if linear else None, lambdas, spec, seed)
+                for task in scenario.tasks:
+                    score(woven, task, ("extension", name), into(result["extensions"][name]["accuracy"], task))
+            while waiting:
+                record_oldest()
             for task in scenario.tasks:
-                result["extensions"][name]["accuracy"][task] = score(woven, task, ("extension", name))
-                bar.update()
+                for i, lam in enumerate(lambdas):
+                    result["sweep"][task][i] = at_point[lam][task]
+                result["baseline"][task] = at_point[_point(baseline_lam, points)][task]
+                result["recommended"][task] = at_point[_point(recommended_lam, points)][task]
+    finally:
+        if pool is not None:
+            for future, *_ in waiting:
+                future.cancel()
+            pool.shutdown(wait=True)
     bar.close()
     if bootstrap is not None and ("baseline",) in correct:
         result["intervals"] = _intervals(correct, poolings, pool_over, bootstrap, list(extensions))

@@ -100,6 +100,9 @@ class FinetuneParams(FinetuneRecipe):
 
 class EvalParams(Strict):
     batch_size: int = Field(ge=1)
+    workers: int = Field(default=1, ge=1, description=(
+        "weave stages: evaluations run at once, in threads, each on one torch thread (1: one at a "
+        "time on `threads` torch threads)"))
 
 
 class MethodParams(Strict):
