@@ -28,9 +28,9 @@ data-packages:
 setup: $(BIN)/weaving data-packages
 
 # `dvc repro` runs one stage at a time, so idle OpenMP threads may spin briefly before they sleep
-# (libgomp's own default, 300,000 spins): ~1.3x faster training and evaluation on 2 threads than the
-# passive waiting stages/_common.py sets otherwise, which is ~2x faster when two such processes share
-# the cores (benchmarks/README.md, "OpenMP waiting").
+# (libgomp's own default, 300,000 spins): as fast to 1.5x faster on 2 threads than the passive waiting
+# stages/_common.py sets otherwise, which is ~2x faster when two such processes share the cores
+# (benchmarks/README.md, "OpenMP waiting").
 repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, weaving, evaluation, report
 	source $(BIN)/activate && OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000 dvc repro
 
