@@ -1,6 +1,7 @@
 """Merge methods as poolings (docs/merging.md, "Merge methods as poolings"): the pooled vector is the
-method run on the materialised members at lam 1, exactly; TIES's shortcut; seeds; bad requests in
-the library, the command line and merge files."""
+method run on the materialised members at lam 1, exactly (TSV's shortcut at positive powers of two,
+and up to rounding at one lam); TIES's and TSV's shortcuts; seeds; bad requests in the library, the
+command line and merge files."""
 
 from __future__ import annotations
 
