@@ -231,9 +231,7 @@ def evaluate_method(
                 result["recommended"][task] = at_point[_point(recommended_lam, points)][task]
     finally:
         if pool is not None:
-            for future, *_ in waiting:
-                future.cancel()
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     if bootstrap is not None and ("baseline",) in correct:
         result["intervals"] = _intervals(correct, poolings, pool_over, bootstrap, list(extensions))

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from weaving.errors import InputError, ParamError
-from weaving.methods.tsv import polar_factor, tsv
+from weaving.methods.tsv import tsv, tsv_from_triplets
 
 __all__ = [
     "TEXT_PROJECTION",
@@ -386,11 +386,8 @@ def tsv_merge_compressed(compressed: Sequence[CompressedTaskVector], lam: float 
         if len(compressed) == 1:
             result = first.reconstruct(key).to(work)
         elif key in first.factors:
-            parts = [c.factors[key] for c in compressed]
-            u = torch.cat([p.u.to(work) for p in parts], dim=1)
-            s = torch.cat([p.s.to(work) for p in parts])
-            v = torch.cat([p.vh.to(work) for p in parts], dim=0).T
-            result = (polar_factor(u) * s) @ polar_factor(v).T
+            result = tsv_from_triplets([(p.u.to(work), p.s.to(work), p.vh.to(work))
+                                        for p in (c.factors[key] for c in compressed)])
         else:
             result = tsv(torch.stack([c.dense[key].to(work) for c in compressed]))
         merged[key] = (lam_value * result).to(dtype) if lam_value != 1.0 else result.to(dtype)

@@ -62,14 +62,17 @@ class SvdMemo:
             return self._entries[key]
         self.misses += 1
         factors = torch.linalg.svd(contiguous, full_matrices=False)
-        size = sum(f.numel() * f.element_size() for f in factors)
-        if size <= self.max_bytes:
+        if _nbytes(factors) <= self.max_bytes:
             self._entries[key] = factors
-            self.bytes += size
+            self.bytes += _nbytes(factors)
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.bytes -= sum(f.numel() * f.element_size() for f in evicted)
+                self.bytes -= _nbytes(evicted)
         return factors
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 _MEMO: ContextVar[SvdMemo | None] = ContextVar("weaving_tsv_svd_memo", default=None)
@@ -131,12 +134,9 @@ class TsvPoolingRun(PoolingRun):
 
     def finalize(self, key: str, members: Members) -> torch.Tensor:
         taus = members.taus
-        if taus.ndim != 3:
+        if taus.ndim != 3 or 0 in taus.shape[1:]:  # no SVD: the method's own rule on the members
             return tsv(members.stacked())
-        _, m, n = taus.shape
-        if min(m, n) == 0:
-            return torch.zeros((m, n), dtype=taus.dtype)
-        k = kept_rank((m, n), self._shape.num_members)
+        k = kept_rank(taus.shape[1:], self._shape.num_members)
         triplets = [top_triplets(tau, k) for tau in taus[: self._tasks]]
         of_merge: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for combination, lam in self._shape.points:
