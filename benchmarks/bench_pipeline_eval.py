@@ -106,7 +106,7 @@ def main() -> None:
     root = args.root.resolve()
     model = load_pretrained(root / "models" / args.model / "pretrained")
     pretrained = load_state_dict(root / "models" / args.model / "pretrained" / "visual.safetensors")
-    finetuned = load_state_dict(root / "models" / args.model / "finetuned" / f"{args.task}.safetensors")
+    finetuned = load_state_dict(root / "models" / args.model / "seed0" / "finetuned" / f"{args.task}.safetensors")
     head = load_state_dict(root / "models" / args.model / "heads" / f"{args.task}.safetensors")["weight"]
     cache = torch.load(root / "data" / "cache" / args.model / f"{args.task}_test.pt", weights_only=True)
     images = cache["images"]

@@ -38,7 +38,7 @@ def compress_stage(params: Params, model_name: str) -> CompressMetrics:
 
     heads, caches, finetuned = suite_inputs(params, model_name)
     model = load_pretrained(paths.pretrained(model_name), device=compute_device())
-    pretrained, taus, _ = pipeline_task_vectors(params, model_name, "mtl")
+    pretrained, taus, _ = pipeline_task_vectors(params, model_name, "mtl", params.seed)
     result, compressed = run_compression_experiment(
         model, pretrained, taus, heads, caches, rank_fractions=params.compress.rank_fractions,
         finetuned_accuracy=finetuned, batch_size=params.eval.batch_size, progress=True)
@@ -51,7 +51,7 @@ def compress_stage(params: Params, model_name: str) -> CompressMetrics:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as staging:
         for index, task in enumerate(tasks):
-            source = paths.finetuned(model_name, task)
+            source = paths.finetuned(model_name, task, seed=params.seed)
             record = dataclasses.replace(compressed[task], pretrained_sha256=pretrained_sha256,
                                          source_sha256=sha256_file(source))
             save_compressed(staging / f"{task}.safetensors", record, pretrained_path=str(pretrained_file),

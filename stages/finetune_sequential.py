@@ -1,7 +1,8 @@
-"""Stage `finetune_sequential@<model>-<benchmark>`: class-incremental sequential fine-tuning.
+"""Stage `finetune_sequential@<model>-<benchmark>-<seed>`: class-incremental sequential fine-tuning.
 
 Split i starts from split i-1's image encoder and trains with a head over split i's
-classes; each split's checkpoint is kept, its task vector is taken against theta_pre.
+classes, from seed `1000 * seed + i` (seed: the replicate, params `seeds`); each split's checkpoint
+is kept, its task vector is taken against theta_pre.
 """
 
 from _common import compute_device, is_main_process, load_tensors, paths, save_weights, stage, stage_params
@@ -9,7 +10,7 @@ from _common import compute_device, is_main_process, load_tensors, paths, save_w
 from weaving_pipeline.params import Params
 
 
-def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
+def finetune_benchmark(params: Params, model_name: str, name: str, seed: int) -> None:
     import json
     import shutil
 
@@ -29,11 +30,11 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
     chunks = class_splits(dataset.num_classes, benchmark.splits, seed=benchmark.seed)
     train = dataset.split("train")
 
-    with atomic_dir(paths.sequential(model_name, name)) as staging:
+    with atomic_dir(paths.sequential(model_name, name, seed=seed)) as staging:
         previous, history = None, []
         for i, classes in enumerate(chunks):
-            visual = finetune(model, head, train, recipe=recipe, seed=params.seed + i, class_subset=classes,
-                              init_visual=previous, checkpoint_dir=paths.resume(model_name, "sequential", name, str(i)),
+            visual = finetune(model, head, train, recipe=recipe, seed=1000 * seed + i, class_subset=classes,
+                              init_visual=previous, checkpoint_dir=paths.resume(model_name, paths.replicate(seed), "sequential", name, str(i)),
                               progress=True)
             previous = visual
             if not is_main_process():
@@ -48,16 +49,18 @@ def finetune_benchmark(params: Params, model_name: str, name: str) -> None:
             ))
         if not is_main_process():
             raise SystemExit(0)
-    shutil.rmtree(paths.resume(model_name, "sequential", name), ignore_errors=True)
+    shutil.rmtree(paths.resume(model_name, paths.replicate(seed), "sequential", name), ignore_errors=True)
     SequentialMetrics(benchmark=name, dataset=benchmark.dataset, splits=history,
-                      final_accuracy=history[-1].accuracy_all).write(paths.metrics(model_name, "sequential", f"{name}.json"))
-    print(f"[finetune_sequential@{model_name}-{name}] after the last split: {history[-1].accuracy_all:.2f}% on all classes")
+                      final_accuracy=history[-1].accuracy_all).write(
+        paths.seed_metrics(model_name, seed, "sequential", f"{name}.json"))
+    print(f"[finetune_sequential@{model_name}-{name}-{seed}] after the last split: {history[-1].accuracy_all:.2f}% on all classes")
 
 
 def main() -> None:
-    params, (model_name, name) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl})
-    with stage(f"finetune_sequential@{model_name}-{name}", threads=params.threads):
-        finetune_benchmark(params, model_name, name)
+    params, (model_name, name, seed) = stage_params({"model": lambda p: p.models, "benchmark": lambda p: p.suite.cl,
+                                                     "seed": lambda p: [str(s) for s in p.seeds]})
+    with stage(f"finetune_sequential@{model_name}-{name}-{seed}", threads=params.threads):
+        finetune_benchmark(params, model_name, name, int(seed))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def merge3_stage(params: Params, model_name: str) -> Merge3Metrics:
     heads, test, _ = suite_inputs(params, model_name)
     tasks = tuple(params.suite.mtl)
     pretrained = load_state_dict(paths.pretrained_visual(model_name))
-    finetuned = {t: load_state_dict(paths.finetuned(model_name, t)) for t in tasks}
+    finetuned = {t: load_state_dict(paths.finetuned(model_name, t, seed=params.seed)) for t in tasks}
     coefficient = GeneGrid(*config.coefficient_bounds, config.step, "merge3.coefficient_bounds")
     density = GeneGrid(*config.density_bounds, config.step, "merge3.density_bounds")
     print(f"[merge3@{model_name}] {len(tasks)} tasks x {config.items.per_task} items "

@@ -2,12 +2,14 @@
 
     python stages/report.py --metrics metrics --out reports --models tiny-clip \
         --setups mtl cl dg --methods ties magmax ... --profile embedded \
-        [--poolings avg random magmax] [--pool-over all augmented] [--sections tsv ...]
+        [--poolings avg random magmax] [--pool-over all augmented] [--sections tsv ...] [--seeds 0 1 2]
     python stages/report.py --params params.yaml     # the same lists, from params.yaml
 
-With --params, models, methods, profile, poolings (weave.poolings) and pool_over
-(weave.pool_over) come from the validated params file unless given on the command line;
---metrics to metrics and --out to reports.
+With --params, models, methods, profile, poolings (weave.poolings), pool_over (weave.pool_over)
+and seeds (the replicates, `seeds`; the sections read replicate `seed`) come from the validated
+params file unless given on the command line; --metrics to metrics and --out to reports. Each
+replicate's metrics are read from `<metrics>/<model>/seed<seed>/`; without --seeds nor --params,
+from `<metrics>/<model>/` (a run without replicate folders).
 
 Every metrics file is validated before anything is written; all outputs are built in memory,
 moved into place with `weaving.atomic` (files renamed, the tables/, figures/ and plots/ folders
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", help="params profile; 'paper' compares with the paper")
     parser.add_argument("--poolings", nargs="+")
     parser.add_argument("--pool-over", nargs="+", dest="pool_over")
+    parser.add_argument("--seeds", nargs="+", type=int, help="the replicates to aggregate (metrics/<model>/seed<s>/)")
     parser.add_argument("--sections", nargs="*", help="the algorithm families' report sections "
                         "(weaving.report.sections.SECTIONS; default: all of them with --params, "
                         "none without)")
@@ -64,6 +67,8 @@ def fill_from_params(args: argparse.Namespace) -> None:
     args.profile = args.profile or params.profile
     args.poolings = args.poolings or list(params.weave.poolings)
     args.pool_over = args.pool_over or list(params.weave.pool_over)
+    args.seeds = args.seeds or list(params.seeds)
+    args.section_seed = params.seed if params.seed in args.seeds else args.seeds[0]
 
 
 def write_outputs(files: dict[str, bytes], out: Path) -> None:
@@ -93,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.params is not None:
             fill_from_params(args)
-        run = load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings, args.pool_over)
+        if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds {args.seeds} lists a seed more than once")
+        runs = {seed: load_metrics(args.metrics, args.models, args.setups, args.methods, args.poolings,
+                                   args.pool_over, seed=seed)
+                for seed in (args.seeds or [None])}
         from weaving.report.sections import SECTIONS, load_sections
 
         names = args.sections if args.sections is not None else list(SECTIONS) if args.params else []
-        sections = load_sections(names, args.metrics, args.models)
-        files = build_report(run, args.profile, progress=True, sections=sections)
+        section_seed = getattr(args, "section_seed", args.seeds[0] if args.seeds else None)
+        sections = load_sections(names, args.metrics, args.models, seed=section_seed)
+        files = build_report(runs, args.profile, progress=True, sections=sections)
     except (WeavingError, ValueError) as error:
         print(f"error: report: {error}", file=sys.stderr)
         return 1

@@ -1,11 +1,12 @@
-"""Stage `weave@<model>-<method>`: one method in every setup, swept over lam and woven.
+"""Stage `weave@<model>-<method>-<seed>`: one method in every setup, swept over lam and woven, on one
+replicate's fine-tuned models (params `seeds`; the random pooling's draws from `weave.seed + seed`).
 
 Per setup (params `setups`), evaluates the data-free baseline (lam = 1), the authors'
 recommended lam, every lam of the search space (per task: the oracle and the paper's Figure 2),
 and Weight Weaving with every pooling and pool_over, and beyond lam (the method's
 `space` axes; `weave.method_poolings`), with bootstrap intervals over test images of the
 averages and of each woven model's gain over the baseline (`weave.bootstrap`). The woven
-models chosen by `weave.artifact` are kept under `models/woven/<model>/<method>/<setup>/` (one
+models chosen by `weave.artifact` are kept under `models/woven/<model>/seed<seed>/<method>/<setup>/` (one
 file per scenario, listed in `manifest.json`). One process for all setups: the model, the heads
 and the test caches are loaded once (a method's params are shared by its setups, so one stage
 per setup would rerun no less). TSV's SVDs of a matrix (as the method and as a pooling) are
@@ -35,12 +36,12 @@ def scenario_name(scenario) -> str:
 class EvaluationInputs:
     """The model, heads and test caches of one model, loaded once and shared by every setup."""
 
-    def __init__(self, params: Params, model_name: str) -> None:
+    def __init__(self, params: Params, model_name: str, seed: int) -> None:
         import threading
 
         from weaving.clip import load_pretrained
 
-        self.params, self.model_name = params, model_name
+        self.params, self.model_name, self.seed = params, model_name, seed
         self.model = load_pretrained(paths.pretrained(model_name), device=compute_device())
         self._per_thread = threading.local()
         self._loading = threading.Lock()  # heads and caches are loaded on first use, by any thread
@@ -89,11 +90,11 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
     from weaving.io import sha256_file
     from weaving.metrics import WeaveMetrics
 
-    params, model_name = inputs.params, inputs.model_name
+    params, model_name, seed = inputs.params, inputs.model_name, inputs.seed
     spec = params.method_params[method]
     lambdas = params.search_space(method, setup)
     recommended_lam = params.recommended_lam(method)
-    pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup)
+    pretrained, taus, splits = pipeline_task_vectors(params, model_name, setup, seed)
     if params.weave.key_set == "image_encoder" and METHODS[method].model_wide:
         taus = pad_with_zero_keys(taus, reference_key_set_padding(model_name))
     scenarios = build_scenarios(setup, params.suite.mtl, splits)
@@ -107,7 +108,7 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
                            batch_size=params.eval.batch_size)
 
     artifact = params.weave.artifact
-    woven_dir = paths.woven(model_name, method, setup)
+    woven_dir = paths.woven(model_name, method, setup, seed=seed)
     woven_dir.mkdir(parents=True, exist_ok=True)
     kept: dict[str, str] = {}
     input_hashes: dict[str, str] = {}
@@ -120,14 +121,14 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
         name = scenario_name(scenario)
         save_weights(woven_dir / f"{name}.safetensors", apply_task_vector(pretrained, image_encoder_part(woven)), metadata={
             "method": method, "hparams": json.dumps(dict(spec.hparams)), "pooling": pooling, "pool_over": pool_over,
-            "lambdas": json.dumps(lambdas), "seed": str(params.weave.seed), "setup": setup,
+            "lambdas": json.dumps(lambdas), "seed": str(params.weave.seed + seed), "setup": setup,
             "members": json.dumps(list(scenario.members)), "evaluated_on": json.dumps(list(scenario.tasks)),
             "pretrained_sha256": input_hashes["pretrained"], "key_set": params.weave.key_set})
         kept[name] = f"{name}.safetensors"
 
     result = evaluate_method(
         method, spec.hparams, taus, scenarios, lambdas=lambdas, recommended_lam=recommended_lam,
-        poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed,
+        poolings=params.weave.poolings, pool_over=params.weave.pool_over, seed=params.weave.seed + seed,
         evaluate=correct, on_woven=keep_artifact, progress=True, bootstrap=params.weave.bootstrap.model_dump(),
         space=spec.space, method_poolings=params.weave.method_poolings, workers=params.eval.workers)
     write_json(woven_dir / "manifest.json", {"setup": setup, "method": method, "model": model_name,
@@ -135,20 +136,21 @@ def weave_setup(inputs: EvaluationInputs, setup: str, method: str) -> WeaveMetri
                                              "kept": kept})
     metrics = WeaveMetrics(model=model_name, setup=setup, method=method, hparams=dict(spec.hparams),
                            lambdas=lambdas, recommended_lam=recommended_lam, baseline_lam=1.0, **result)
-    metrics.write(paths.weave_metrics(model_name, method, setup))
+    metrics.write(paths.weave_metrics(model_name, method, setup, seed=seed))
     return metrics
 
 
 def main() -> None:
     from weaving.methods.tsv import reuse_svds
 
-    params, (model_name, method) = stage_params({"model": lambda p: p.models, "method": lambda p: p.methods})
-    name = f"weave@{model_name}-{method}"
+    params, (model_name, method, seed) = stage_params({"model": lambda p: p.models, "method": lambda p: p.methods,
+                                                       "seed": lambda p: [str(s) for s in p.seeds]})
+    name = f"weave@{model_name}-{method}-{seed}"
     # several evaluation workers: one torch thread each (two single-threaded forward passes of the small
     # model at once outrun one on two threads; benchmarks/README.md)
     threads = 1 if params.eval.workers > 1 else params.threads
     with stage(name, threads=threads), reuse_svds():  # the scenarios share task vectors: SVDs once
-        inputs = EvaluationInputs(params, model_name)
+        inputs = EvaluationInputs(params, model_name, int(seed))
         for setup in params.setups:
             metrics = weave_setup(inputs, setup, method)
             woven = metrics.weaving_avg("avg", "all") if "all" in metrics.weaving.get("avg", {}) else float("nan")

@@ -28,10 +28,12 @@ def expected_stages(params: dict) -> set[str]:
     models, methods = params["models"], params["methods"]
     stages = {f"data@{d}" for d in params["datasets"]} | {"params", "report"}
     for m in models:
-        stages |= {f"pretrain@{m}", f"heads@{m}", f"taskvectors@{m}"}
-        stages |= {f"finetune@{m}-{t}" for t in params["suite"]["mtl"]}
-        stages |= {f"finetune_sequential@{m}-{b}" for b in params["suite"]["cl"]}
-        stages |= {f"weave@{m}-{method}" for method in methods}  # each runs the three setups
+        stages |= {f"pretrain@{m}", f"heads@{m}"}
+        for seed in params["seeds"]:  # the replicates
+            stages |= {f"taskvectors@{m}-{seed}"}
+            stages |= {f"finetune@{m}-{t}-{seed}" for t in params["suite"]["mtl"]}
+            stages |= {f"finetune_sequential@{m}-{b}-{seed}" for b in params["suite"]["cl"]}
+            stages |= {f"weave@{m}-{method}-{seed}" for method in methods}  # each runs the three setups
         stages |= {f"compress@{m}", f"mass@{m}"}  # Task Singular Vectors (docs/tsv.md)
         stages |= {f"merge3@{m}"}  # MERGE3 (docs/search.md)
     c2m3 = params["c2m3"]  # C2M3 (docs/align.md): per dataset and architecture, not per CLIP model

@@ -73,7 +73,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
     for model in params["models"]:
         for setup in ("mtl", "cl", "dg"):
             for method in params["methods"]:
-                metrics = json.loads((repo / f"metrics/{model}/weave/{method}/{setup}.json").read_text())
+                metrics = json.loads((repo / f"metrics/{model}/seed0/weave/{method}/{setup}.json").read_text())
                 assert set(metrics["baseline"]) == set(metrics["tasks"])
                 for sweep in metrics["sweep"].values():
                     assert len(sweep) == len(metrics["lambdas"])
@@ -81,8 +81,8 @@ def test_repro_writes_every_output(repo: Path) -> None:
                 for pooling in params["weave"]["poolings"]:
                     for over in params["weave"]["pool_over"]:
                         assert set(metrics["weaving"][pooling][over]) == set(metrics["tasks"])
-            assert (repo / f"models/woven/{model}/ties/mtl/all.safetensors").is_file()
-        reference = json.loads((repo / f"metrics/{model}/reference.json").read_text())
+            assert (repo / f"models/woven/{model}/seed0/ties/mtl/all.safetensors").is_file()
+        reference = json.loads((repo / f"metrics/{model}/seed0/reference.json").read_text())
         assert set(reference["finetuned"]) == set(params["suite"]["mtl"])
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert summary
@@ -90,7 +90,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
 
 
 def test_baseline_is_the_sweep_at_lambda_one(repo: Path) -> None:
-    metrics = json.loads((repo / "metrics/tiny-clip/weave/ties/mtl.json").read_text())
+    metrics = json.loads((repo / "metrics/tiny-clip/seed0/weave/ties/mtl.json").read_text())
     i = metrics["lambdas"].index(1.0)
     for task in metrics["tasks"]:
         assert metrics["baseline"][task] == metrics["sweep"][task][i]
@@ -104,11 +104,11 @@ def test_cli_weave_on_the_pipelines_checkpoints_equals_its_artifact(repo: Path, 
     space = params["method_params"]["ties"]["search_space"]["mtl"]
     out = tmp_path / "ties.safetensors"
     run([str(BIN / "weaving"), "weave", "--pretrained", "models/tiny-clip/pretrained/visual.safetensors",
-         "--finetuned", *[f"models/tiny-clip/finetuned/{t}.safetensors" for t in params["suite"]["mtl"]],
+         "--finetuned", *[f"models/tiny-clip/seed0/finetuned/{t}.safetensors" for t in params["suite"]["mtl"]],
          "--method", "ties", "--set", f"density={params['method_params']['ties']['hparams']['density']}",
          "--lambdas", ":".join(str(x) for x in space), "--pooling", "avg", "--pool-over", "all",
          "--seed", str(params["weave"]["seed"]), "--out", str(out)], repo)
-    cli, pipeline = load_file(out), load_file(repo / "models/woven/tiny-clip/ties/mtl/all.safetensors")
+    cli, pipeline = load_file(out), load_file(repo / "models/woven/tiny-clip/seed0/ties/mtl/all.safetensors")
     assert set(cli) == set(pipeline)
     for key in cli:
         assert torch.allclose(cli[key], pipeline[key], atol=1e-6), key
@@ -131,10 +131,10 @@ def test_changing_the_ties_search_space_reruns_only_ties(repo: Path) -> None:
         ran = set(re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout))
     finally:
         params_path.write_text(original)
-    ties_stages = {"weave@tiny-clip-ties"}
+    ties_stages = {"weave@tiny-clip-ties-0"}
     assert invalidated == ties_stages | {"params"}
     assert ran == ties_stages | {"params", "report"}
-    metrics = json.loads((repo / "metrics/tiny-clip/weave/ties/mtl.json").read_text())
+    metrics = json.loads((repo / "metrics/tiny-clip/seed0/weave/ties/mtl.json").read_text())
     assert metrics["lambdas"] == pytest.approx([0.4, 0.8, 1.2])
 
 
@@ -195,16 +195,16 @@ def test_a_rerun_of_a_finetune_and_a_weave_is_bitwise_identical(repo: Path) -> N
     import hashlib
 
     task = yaml.safe_load((repo / "params.yaml").read_text())["suite"]["mtl"][0]
-    files = [f"models/tiny-clip/finetuned/{task}.safetensors", "models/woven/tiny-clip/ties/mtl/all.safetensors",
-             "metrics/tiny-clip/weave/ties/mtl.json"]
+    files = [f"models/tiny-clip/seed0/finetuned/{task}.safetensors", "models/woven/tiny-clip/seed0/ties/mtl/all.safetensors",
+             "metrics/tiny-clip/seed0/weave/ties/mtl.json"]
 
     def digests() -> dict[str, str]:
         return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest() for f in files}
 
     run(["dvc", "repro"], repo)  # earlier tests restore params.yaml but leave outputs of their edited params
     before = digests()
-    run(["dvc", "repro", "-f", "-s", f"finetune@tiny-clip-{task}"], repo)
-    run(["dvc", "repro", "-f", "-s", "weave@tiny-clip-ties"], repo)
+    run(["dvc", "repro", "-f", "-s", f"finetune@tiny-clip-{task}-0"], repo)
+    run(["dvc", "repro", "-f", "-s", "weave@tiny-clip-ties-0"], repo)
     assert digests() == before
 
 
@@ -226,7 +226,7 @@ def test_compress_stage_files_match_an_independent_count(repo: Path) -> None:
     metrics = CompressMetrics.read(repo / "metrics/tiny-clip/tsv/compress.json")
     assert metrics.tasks == tasks and metrics.default.is_default
     for task in tasks:
-        finetuned = json.loads((repo / f"metrics/tiny-clip/finetune/{task}.json").read_text())["accuracy"]
+        finetuned = json.loads((repo / f"metrics/tiny-clip/seed0/finetune/{task}.json").read_text())["accuracy"]
         assert metrics.finetuned[task] == finetuned
         assert metrics.default.normalized[task] == pytest.approx(100 * metrics.default.accuracy[task] / finetuned)
     pretrained_file = repo / "models/tiny-clip/pretrained/visual.safetensors"
@@ -269,7 +269,7 @@ def test_mass_stage_counts_every_test_image_once(repo: Path) -> None:
     assert mass.accuracy["finetuned"] == compress.finetuned
     # TSV-Merge from the compressed factors is the weave stage's `tsv` merge at lam = 1 (merge("tsv", taus)).
     if "tsv" in params["methods"]:
-        weave = json.loads((repo / "metrics/tiny-clip/weave/tsv/mtl.json").read_text())
+        weave = json.loads((repo / "metrics/tiny-clip/seed0/weave/tsv/mtl.json").read_text())
         assert weave["baseline_lam"] == 1.0
         assert mass.accuracy["tsv_merge"] == pytest.approx(weave["baseline"], abs=1e-6)
 
@@ -395,7 +395,7 @@ def test_merge3_stage_spends_the_stated_item_evaluations(repo: Path) -> None:
             assert set(record.final.test_accuracy) == set(tasks)
             assert record.items_forwarded >= record.item_evaluations
     assert metrics.headline.cost_ratio == pytest.approx(merge3["items"]["per_task"] / merge3["anchors_per_task"])
-    weave = json.loads((repo / "metrics/tiny-clip/weave/task_arithmetic/mtl.json").read_text())
+    weave = json.loads((repo / "metrics/tiny-clip/seed0/weave/task_arithmetic/mtl.json").read_text())
     assert metrics.baselines.recommended_lam == weave["recommended_lam"]
     assert metrics.baselines.recommended.test_accuracy == pytest.approx(weave["recommended"], abs=1e-6)
 
@@ -455,9 +455,9 @@ def _leftovers(repo: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("stage, trigger, seconds_after", [
-    ("finetune@tiny-clip-{task}", "finetune:", 0.0),             # training, evaluating or writing the checkpoint
-    ("finetune_sequential@tiny-clip-{bench}", "finetune:", 0.5),  # between splits (a staging folder)
-    ("weave@tiny-clip-ties", "evaluate ties:", 0.3),             # evaluating the sweep (about 1 s on the smoke profile)
+    ("finetune@tiny-clip-{task}-0", "finetune:", 0.0),             # training, evaluating or writing the checkpoint
+    ("finetune_sequential@tiny-clip-{bench}-0", "finetune:", 0.5),  # between splits (a staging folder)
+    ("weave@tiny-clip-ties-0", "evaluate ties:", 0.3),             # evaluating the sweep (about 1 s on the smoke profile)
     ("report", "Running stage", 4.0),                            # building the report's staging folder
 ])
 def test_a_stage_killed_with_sigkill_recovers_to_the_same_bytes(repo: Path, stage: str, trigger: str,
@@ -506,7 +506,7 @@ def test_weave_stages_record_the_variants_beyond_lam_and_the_report_checks_them(
         axes = params["method_params"][method].get("space", {})
         expected = {f"{p}_pooling" for p in poolings} | ({"lam_x_" + "_x_".join(axes)} if axes else set())
         for setup in params["setups"]:
-            metrics = json.loads((repo / f"metrics/tiny-clip/weave/{method}/{setup}.json").read_text())
+            metrics = json.loads((repo / f"metrics/tiny-clip/seed0/weave/{method}/{setup}.json").read_text())
             assert set(metrics["extensions"]) == expected, (method, setup)
             for variant in metrics["extensions"].values():
                 assert set(variant["accuracy"]) == set(metrics["tasks"])

@@ -53,7 +53,7 @@ def test_there_is_one_weave_stage_over_models_and_methods_running_every_setup() 
     """A method's params are shared by its setups (one `method_params.<method>` dependency), so a stage
     per setup would rerun no less; one process per method loads the model and test caches once."""
     weave = DVC["stages"]["weave"]
-    assert set(weave["matrix"]) == {"model", "method"}
+    assert set(weave["matrix"]) == {"model", "method", "seed"}
     assert "setups" in weave["params"]
     assert not [name for name in DVC["stages"] if name.startswith("weave_")]
     assert list(DVC["artifacts"]) == ["woven"]
@@ -64,17 +64,22 @@ LAYOUT = [
     ("data/cache/${item}", paths.test_cache("M")),
     ("models/${item}/pretrained", paths.pretrained("M")),
     ("models/${item}/heads", paths.heads("M")),
-    ("models/${item.model}/finetuned/${item.task}.safetensors", paths.finetuned("M", "T")),
-    ("models/${item.model}/sequential/${item.benchmark}", paths.sequential("M", "B")),
-    ("models/woven/${item.model}/${item.method}", paths.woven("M", "X")),
-    ("metrics/${item.model}/weave/${item.method}", paths.weave_metrics("M", "X")),
+    ("models/${item.model}/seed${item.seed}/finetuned/${item.task}.safetensors", paths.finetuned("M", "T", seed=7)),
+    ("models/${item.model}/seed${item.seed}/sequential/${item.benchmark}", paths.sequential("M", "B", seed=7)),
+    ("models/woven/${item.model}/seed${item.seed}/${item.method}", paths.woven("M", "X", seed=7)),
+    ("metrics/${item.model}/seed${item.seed}/weave/${item.method}", paths.weave_metrics("M", "X", seed=7)),
     ("metrics/${item}/zeroshot.json", paths.metrics("M", "zeroshot.json")),
     ("metrics/${item}/pretrain.json", paths.metrics("M", "pretrain.json")),
-    ("metrics/${item.model}/finetune/${item.task}.json", paths.metrics("M", "finetune", "T.json")),
-    ("metrics/${item.model}/sequential/${item.benchmark}.json", paths.metrics("M", "sequential", "B.json")),
+    ("metrics/${item.model}/seed${item.seed}/finetune/${item.task}.json",
+     paths.seed_metrics("M", 7, "finetune", "T.json")),
+    ("metrics/${item.model}/seed${item.seed}/sequential/${item.benchmark}.json",
+     paths.seed_metrics("M", 7, "sequential", "B.json")),
+    ("metrics/${item.model}/seed${item.seed}/reference.json", paths.seed_metrics("M", 7, "reference.json")),
+    ("models/${item}/seed${seed}/finetuned", paths.finetuned("M", seed=7)),
+    ("metrics/${item}/seed${seed}/finetune", paths.seed_metrics("M", 7, "finetune")),
 ]
 PLACEHOLDERS = {"${item}": None, "${item.model}": "M", "${item.task}": "T", "${item.benchmark}": "B",
-                "${item.setup}": "S", "${item.method}": "X"}
+                "${item.setup}": "S", "${item.method}": "X", "${item.seed}": "7", "${seed}": "7"}
 
 
 @pytest.mark.parametrize(("template", "expected"), LAYOUT, ids=[t for t, _ in LAYOUT])
@@ -87,3 +92,29 @@ def test_dvc_yaml_spells_the_paths_of_the_layout_module(template: str, expected:
         if value is not None:
             filled = filled.replace(placeholder, value)
     assert Path(filled) == expected
+
+
+def test_the_report_reads_each_replicate_where_the_stages_write_it() -> None:
+    """weaving.report.load (DVC-free) and the pipeline's layout agree on a replicate's folder."""
+    from weaving.report.load import replicate_folder, weave_path
+
+    assert replicate_folder(Path("metrics"), "M", 7) == paths.seed_metrics("M", 7)
+    assert weave_path(Path("metrics"), "M", "S", "X", 7) == paths.weave_metrics("M", "X", "S", seed=7)
+
+
+@pytest.mark.parametrize("name", ["finetune", "finetune_sequential", "taskvectors", "weave"])
+def test_the_replicated_stages_run_once_per_seed(name: str) -> None:
+    """params `seeds` expands the training and weaving stages; the seed is in the command (so in dvc.lock)
+    and not a params dependency (adding a seed leaves the others' stages unchanged)."""
+    stage = DVC["stages"][name]
+    assert stage["matrix"]["seed"] == "${seeds}"
+    assert stage["cmd"].endswith("${item.seed}")
+    assert "seed" not in stage["params"] and "seeds" not in stage["params"]
+
+
+@pytest.mark.parametrize("name", ["compress", "mass", "merge3"])
+def test_the_stages_run_once_read_replicate_seed(name: str) -> None:
+    stage = DVC["stages"][name]["do"]
+    assert "seed" in stage["params"]
+    assert "metrics/${item}/seed${seed}/finetune" in dep_paths(stage)
+    assert not [d for d in dep_paths(stage) if "/finetune" in d and "/seed${seed}/" not in d]

@@ -8,11 +8,13 @@ from weaving_pipeline import paths
 from weaving_pipeline.params import Params
 
 
-def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[dict, dict, dict[str, list[str]]]:
+def pipeline_task_vectors(params: Params, model_name: str, setup: str,
+                          seed: int) -> tuple[dict, dict, dict[str, list[str]]]:
     """theta_pre's image encoder, the setup's task vectors by name, and CL benchmarks' split names.
 
     As the setup's catalogue entry says: one task vector per multi-task dataset (mtl, dg), or
-    one per sequential split (cl), named ``<benchmark>/split_<i>``, each against theta_pre.
+    one per sequential split (cl), named ``<benchmark>/split_<i>``, each against theta_pre; the
+    checkpoints of replicate `seed` (params `seeds`).
     """
     from weaving import task_vectors
     from weaving.catalogue import SETUP_ENTRIES
@@ -22,12 +24,12 @@ def pipeline_task_vectors(params: Params, model_name: str, setup: str) -> tuple[
     files: dict[str, Path] = {}
     splits: dict[str, list[str]] = {}
     if SETUP_ENTRIES[setup].task_vectors == "finetuned":
-        files = {task: paths.finetuned(model_name, task) for task in params.suite.mtl}
+        files = {task: paths.finetuned(model_name, task, seed=seed) for task in params.suite.mtl}
     else:
         for benchmark in params.suite.cl:
             n = params.cl_benchmarks[benchmark].splits
             splits[benchmark] = [f"{benchmark}/split_{i}" for i in range(n)]
-            files.update({f"{benchmark}/split_{i}": paths.sequential(model_name, benchmark, i) for i in range(n)})
+            files.update({f"{benchmark}/split_{i}": paths.sequential(model_name, benchmark, i, seed=seed) for i in range(n)})
     names = list(files)
     taus = task_vectors(pretrained, [load_state_dict(files[n]) for n in names])
     return pretrained, dict(zip(names, taus)), splits

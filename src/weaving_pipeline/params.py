@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from weaving.catalogue import METHOD_ENTRIES, SETUP_ENTRIES
 from weaving.clip.recipes import FinetuneRecipe, PretrainRecipe
@@ -172,7 +172,11 @@ class Params(Strict):
     """The whole of ``params.yaml``."""
 
     profile: Literal["embedded", "smoke", "paper"]
-    seed: int = 0
+    seed: int = Field(default=0, description="pretraining's seed, and the replicate that the stages run once "
+                      "(compress, mass, merge3) and the report's extra sections read; one of `seeds`")
+    seeds: list[StrictInt] = Field(min_length=1, description="the replicates: finetune, finetune_sequential, "
+                                   "taskvectors and weave run once per seed (the report gives means, standard "
+                                   "deviations and 95% intervals over them)")
     threads: int = Field(default=2, ge=1, description="torch's intra-op thread count in every stage (results "
                          "depend on it; recorded in dvc.lock)")
     launch: str = Field(default="python", min_length=1,
@@ -196,8 +200,18 @@ class Params(Strict):
     c2m3: C2m3Params = Field(description="the C2M3 alignment branch (stages align_train, align)")
     merge3: Merge3Params  # MERGE3 (docs/search.md, "Pipeline")
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if any(seed < 0 for seed in seeds):
+            raise ValueError(f"seeds must be non-negative integers, got {seeds}")
+        return distinct(seeds)
+
     @model_validator(mode="after")
     def _consistent(self) -> Params:
+        if self.seed not in self.seeds:
+            raise ValueError(f"seed {self.seed} is not in seeds {self.seeds}: the stages that run once "
+                             "(compress, mass, merge3) read seed's replicate; list it in seeds or set seed to one of them")
         _require_subset("models", self.models, "model_specs", self.model_specs)
         _require_subset("suite.cl", self.suite.cl, "cl_benchmarks", self.cl_benchmarks)
         _require_subset("methods", self.methods, "method_params", self.method_params)

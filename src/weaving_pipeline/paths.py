@@ -41,25 +41,35 @@ def heads(model: str, dataset: str | None = None) -> Path:
     return folder if dataset is None else folder / f"{dataset}.safetensors"
 
 
-def finetuned(model: str, task: str | None = None) -> Path:
-    """`models/<model>/finetuned/[<task>.safetensors]`: image encoders fine-tuned per task."""
-    folder = model_dir(model) / "finetuned"
+def replicate(seed: int) -> str:
+    """`seed<seed>`: the folder of one replicate (params `seeds`) under a model's models and metrics."""
+    return f"seed{seed}"
+
+
+def seed_dir(model: str, seed: int) -> Path:
+    """`models/<model>/seed<seed>/`: what one replicate's fine-tuning stages write."""
+    return model_dir(model) / replicate(seed)
+
+
+def finetuned(model: str, task: str | None = None, *, seed: int) -> Path:
+    """`models/<model>/seed<seed>/finetuned/[<task>.safetensors]`: image encoders fine-tuned per task."""
+    folder = seed_dir(model, seed) / "finetuned"
     return folder if task is None else folder / f"{task}.safetensors"
 
 
-def sequential(model: str, benchmark: str | None = None, split: int | None = None) -> Path:
-    """`models/<model>/sequential/[<benchmark>/[split_<i>.safetensors]]`: sequential fine-tunes."""
-    folder = model_dir(model) / "sequential"
+def sequential(model: str, benchmark: str | None = None, split: int | None = None, *, seed: int) -> Path:
+    """`models/<model>/seed<seed>/sequential/[<benchmark>/[split_<i>.safetensors]]`: sequential fine-tunes."""
+    folder = seed_dir(model, seed) / "sequential"
     if benchmark is None:
         return folder
     folder = folder / benchmark
     return folder if split is None else folder / f"split_{split}.safetensors"
 
 
-def woven(model: str, method: str, setup: str | None = None) -> Path:
-    """`models/woven/<model>/<method>/[<setup>/]`: the woven models a weave stage keeps (its out
-    is the method's folder, one subfolder per setup)."""
-    folder = Path("models/woven") / model / method
+def woven(model: str, method: str, setup: str | None = None, *, seed: int) -> Path:
+    """`models/woven/<model>/seed<seed>/<method>/[<setup>/]`: the woven models a weave stage keeps (its
+    out is the method's folder, one subfolder per setup)."""
+    folder = Path("models/woven") / model / replicate(seed) / method
     return folder if setup is None else folder / setup
 
 
@@ -68,9 +78,16 @@ def metrics(model: str, *parts: str) -> Path:
     return Path("metrics") / model / Path(*parts) if parts else Path("metrics") / model
 
 
-def weave_metrics(model: str, method: str, setup: str | None = None) -> Path:
-    """`metrics/<model>/weave/<method>/[<setup>.json]`: a weave stage's folder (its out), or one setup's file."""
-    folder = metrics(model, "weave", method)
+def seed_metrics(model: str, seed: int, *parts: str) -> Path:
+    """`metrics/<model>/seed<seed>/<parts...>`: a metrics file (or folder) of one replicate's stages
+    (finetune, finetune_sequential, taskvectors, weave)."""
+    return metrics(model, replicate(seed), *parts)
+
+
+def weave_metrics(model: str, method: str, setup: str | None = None, *, seed: int) -> Path:
+    """`metrics/<model>/seed<seed>/weave/<method>/[<setup>.json]`: a weave stage's folder (its out), or one
+    setup's file."""
+    folder = seed_metrics(model, seed, "weave", method)
     return folder if setup is None else folder / f"{setup}.json"
 
 

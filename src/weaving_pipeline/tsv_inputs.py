@@ -17,7 +17,7 @@ def suite_inputs(params: Params, model_name: str) -> tuple[dict, dict, dict]:
     tasks = list(params.suite.mtl)
     heads = {t: load_state_dict(paths.heads(model_name, t))["weight"] for t in tasks}
     caches = {t: load_tensors(paths.test_cache(model_name, t)) for t in tasks}
-    finetuned = {t: FinetuneMetrics.read(paths.metrics(model_name, "finetune", f"{t}.json")).accuracy for t in tasks}
+    finetuned = {t: FinetuneMetrics.read(paths.seed_metrics(model_name, params.seed, "finetune", f"{t}.json")).accuracy for t in tasks}
     return heads, caches, finetuned
 
 

@@ -314,8 +314,9 @@ def _run_text(run: str, metrics: AlignMetrics) -> str:
     return text
 
 
-def section(metrics_dir: Path, models: list[str]) -> Section:
-    """The C2M3 section from `metrics_dir/align/` (see the module docstring; `models`, the CLIP models, is unused)."""
+def section(metrics_dir: Path, models: list[str], seed: int | None = None) -> Section:
+    """The C2M3 section from `metrics_dir/align/` (see the module docstring; `models`, the CLIP models, and
+    `seed`, the replicate, are unused)."""
     runs = read_runs(Path(metrics_dir))
     result = Section("C2M3: aligning and merging models trained from different seeds")
     if not runs:

@@ -58,8 +58,15 @@ class RunMetrics:
         return self.weave[(model, setup, method)]
 
 
-def weave_path(metrics_dir: Path, model: str, setup: str, method: str) -> Path:
-    return metrics_dir / model / "weave" / method / f"{setup}.json"
+def replicate_folder(metrics_dir: Path, model: str, seed: int | None = None) -> Path:
+    """`<metrics_dir>/<model>/seed<seed>/`: the metrics of one replicate (the pipeline's params `seeds`);
+    `<metrics_dir>/<model>/` when `seed` is None (a run without replicate folders)."""
+    folder = Path(metrics_dir) / model
+    return folder if seed is None else folder / f"seed{seed}"
+
+
+def weave_path(metrics_dir: Path, model: str, setup: str, method: str, seed: int | None = None) -> Path:
+    return replicate_folder(metrics_dir, model, seed) / "weave" / method / f"{setup}.json"
 
 
 class _Problems:
@@ -126,8 +133,10 @@ def _check_choices(name: str, given: Sequence[str], valid: Sequence[str]) -> Non
 
 
 def load_metrics(metrics_dir: str | Path, models: Sequence[str], setups: Sequence[str], methods: Sequence[str],
-                 poolings: Sequence[str] | None = None, pool_overs: Sequence[str] = POOL_OVERS) -> RunMetrics:
-    """Read and validate every metrics file of the configured run.
+                 poolings: Sequence[str] | None = None, pool_overs: Sequence[str] = POOL_OVERS,
+                 seed: int | None = None) -> RunMetrics:
+    """Read and validate every metrics file of the configured run (of replicate `seed`: the files under
+    `<model>/seed<seed>/`, see `replicate_folder`).
 
     Raises `ParamError` for a bad model/setup/method/pooling list and `MetricsError` listing
     every missing file and every missing or malformed entry (file, key, what is wrong).
@@ -152,15 +161,16 @@ def load_metrics(metrics_dir: str | Path, models: Sequence[str], setups: Sequenc
     reference: dict[str, ReferenceMetrics] = {}
     similarity: dict[str, SimilarityMetrics] = {}
     for model in models:
-        ref = _read(ReferenceMetrics, metrics_dir / model / "reference.json", {"model": model}, problems)
+        folder = replicate_folder(metrics_dir, model, seed)
+        ref = _read(ReferenceMetrics, folder / "reference.json", {"model": model}, problems)
         if ref is not None:
             reference[model] = ref
-        sim = _read(SimilarityMetrics, metrics_dir / model / "similarity.json", {}, problems)
+        sim = _read(SimilarityMetrics, folder / "similarity.json", {}, problems)
         if sim is not None:
             similarity[model] = sim
         for setup in setups:
             for method in methods:
-                path = weave_path(metrics_dir, model, setup, method)
+                path = weave_path(metrics_dir, model, setup, method, seed)
                 record = _read(WeaveMetrics, path, {"model": model, "setup": setup, "method": method}, problems)
                 if record is not None:
                     _check_configured_weaving(path, record, poolings, pool_overs, problems)

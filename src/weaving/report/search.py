@@ -21,6 +21,7 @@ from statistics import fmean
 from weaving.metrics import FinetuneMetrics, WeaveMetrics, ZeroshotMetrics
 from weaving.metrics_search import Merge3Metrics
 from weaving.report.claims import FAILS, HOLDS, MIXED, UNTESTABLE, Claim
+from weaving.report.load import replicate_folder
 from weaving.report.sections import Section
 from weaving.report.tables import Label, Table, safe_name
 
@@ -63,19 +64,20 @@ class Comparison:
                 self.weaving = weave.mean(weave.weaving[pooling][over])
 
 
-def _read(metrics_dir: Path, models: list[str]) -> tuple[dict, dict, dict, dict]:
+def _read(metrics_dir: Path, models: list[str], seed: int | None) -> tuple[dict, dict, dict, dict]:
     merge3, weave, zeroshot, finetuned = {}, {}, {}, {}
     for model in models:
         folder = metrics_dir / model
         if not (folder / "search" / "merge3.json").is_file():
             continue
         merge3[model] = Merge3Metrics.read(folder / "search" / "merge3.json")
-        if (folder / "weave" / "task_arithmetic" / "mtl.json").is_file():
-            weave[model] = WeaveMetrics.read(folder / "weave" / "task_arithmetic" / "mtl.json")
+        replicate = replicate_folder(metrics_dir, model, seed)  # merge3 reads replicate `seed`'s fine-tuned models
+        if (replicate / "weave" / "task_arithmetic" / "mtl.json").is_file():
+            weave[model] = WeaveMetrics.read(replicate / "weave" / "task_arithmetic" / "mtl.json")
         if (folder / "zeroshot.json").is_file():
             zeroshot[model] = ZeroshotMetrics.read(folder / "zeroshot.json").root
-        finetuned[model] = {t: FinetuneMetrics.read(folder / "finetune" / f"{t}.json").accuracy
-                            for t in merge3[model].tasks if (folder / "finetune" / f"{t}.json").is_file()}
+        finetuned[model] = {t: FinetuneMetrics.read(replicate / "finetune" / f"{t}.json").accuracy
+                            for t in merge3[model].tasks if (replicate / "finetune" / f"{t}.json").is_file()}
     return merge3, weave, zeroshot, finetuned
 
 
@@ -336,10 +338,11 @@ def _summary_line(model: str, metrics: Merge3Metrics, compare: Comparison) -> st
     return f"{model}, {METHOD_NAMES.get(head.method, head.method)}: " + "; ".join(parts) + "."
 
 
-def section(metrics_dir: Path, models: list[str]) -> Section:
-    """The MERGE3 section from `metrics_dir` (see the module docstring)."""
+def section(metrics_dir: Path, models: list[str], seed: int | None = None) -> Section:
+    """The MERGE3 section from `metrics_dir` (see the module docstring): the weave and fine-tune metrics
+    beside it from replicate `seed`, the one the merge3 stage read (params `seed`)."""
     metrics_dir = Path(metrics_dir)
-    merge3, weave, zeroshot, finetuned = _read(metrics_dir, models)
+    merge3, weave, zeroshot, finetuned = _read(metrics_dir, models, seed)
     result = Section("MERGE3: evolutionary merging with IRT-estimated fitness")
     missing = [m for m in models if m not in merge3]
     if missing:

@@ -297,8 +297,9 @@ def claim_storage(compress: dict[str, CompressMetrics], mass: dict[str, MassMetr
     return Claim("tsv_storage", "TSV-C", statement, rule, verdict, evidence, numbers=numbers, paper=paper)
 
 
-def section(metrics_dir: Path, models: list[str]) -> Section:
-    """The Task Singular Vectors section from `metrics_dir` (see the module docstring)."""
+def section(metrics_dir: Path, models: list[str], seed: int | None = None) -> Section:
+    """The Task Singular Vectors section from `metrics_dir` (see the module docstring; its files are not
+    per replicate: `seed` is unused)."""
     metrics_dir = Path(metrics_dir)
     compress, mass, zeroshot = _read(metrics_dir, models)
     result = Section("Task Singular Vectors (TSV-C, MASS)")
