@@ -55,6 +55,8 @@ def model_for(relative: Path) -> type:
     if relative.parts[0] in RUN_FAMILY_FILES:
         return RUN_FAMILY_FILES[relative.parts[0]]
     parts = relative.parts[1:]  # drop <model>
+    if parts[0].startswith("seed") and parts[0][4:].isdigit():  # a replicate's folder, seed<seed>
+        parts = parts[1:]
     if parts[0] in FAMILY_FILES:
         return FAMILY_FILES[parts[0]][parts[-1]]
     return top[parts[0]] if len(parts) == 1 else folders[parts[0]]
@@ -85,7 +87,7 @@ def _committed(*parts: str) -> dict:
 
 
 def test_weave_records_rebuilt_as_the_weave_stage_builds_them_are_byte_identical(tmp_path: Path) -> None:
-    for path in sorted((COMMITTED / "tiny-clip" / "weave").rglob("*.json")):
+    for path in sorted((COMMITTED / "tiny-clip").glob("seed*/weave/**/*.json")):
         raw = json.loads(path.read_text())
         # the stage: header from params, the rest from evaluate_method's result dict
         result = {k: raw[k] for k in ("tasks", "baseline", "recommended", "sweep", "weaving", "intervals", "extensions")
@@ -106,20 +108,22 @@ def test_the_other_files_rebuilt_as_their_stages_build_them_are_byte_identical(t
     same(PretrainMetrics(source="pipeline", arch=raw["arch"], **{k: raw[k] for k in PretrainMetrics.TRAINING_KEYS}),
          "pretrain.json")
     same(ZeroshotMetrics(_committed("zeroshot.json")), "zeroshot.json")
-    for path in sorted((COMMITTED / "tiny-clip" / "finetune").glob("*.json")):
+    for path in sorted((COMMITTED / "tiny-clip").glob("seed*/finetune/*.json")):
         raw = json.loads(path.read_text())
         same(FinetuneMetrics(task=raw["task"], accuracy=raw["accuracy"], train_images=raw["train_images"],
-                             seconds=raw["seconds"]), "finetune", path.name)
-    for path in sorted((COMMITTED / "tiny-clip" / "sequential").glob("*.json")):
+                             seconds=raw["seconds"]), path.parent.parent.name, "finetune", path.name)
+    for path in sorted((COMMITTED / "tiny-clip").glob("seed*/sequential/*.json")):
         raw = json.loads(path.read_text())
         history = [SequentialSplit(split=s["split"], classes=s["classes"], accuracy_split=s["accuracy_split"],
                                    accuracy_all=s["accuracy_all"]) for s in raw["splits"]]
         same(SequentialMetrics(benchmark=raw["benchmark"], dataset=raw["dataset"], splits=history,
-                               final_accuracy=history[-1].accuracy_all), "sequential", path.name)
-    raw = _committed("similarity.json")
-    same(SimilarityMetrics(individual=SimilarityMatrix(**raw["individual"]),
-                           sequential={b: SimilarityMatrix(**m) for b, m in raw["sequential"].items()}),
-         "similarity.json")
+                               final_accuracy=history[-1].accuracy_all), path.parent.parent.name, "sequential",
+             path.name)
+    for path in sorted((COMMITTED / "tiny-clip").glob("seed*/similarity.json")):
+        raw = json.loads(path.read_text())
+        same(SimilarityMetrics(individual=SimilarityMatrix(**raw["individual"]),
+                               sequential={b: SimilarityMatrix(**m) for b, m in raw["sequential"].items()}),
+             path.parent.name, "similarity.json")
 
 
 def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: Path, monkeypatch) -> None:
@@ -134,7 +138,7 @@ def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: P
     params = load_params(ROOT / "params.yaml")
     generator = torch.Generator().manual_seed(0)
 
-    def fake_task_vectors(params, model_name, setup):
+    def fake_task_vectors(params, model_name, setup, seed):
         if setup == "mtl":
             return {}, {t: {"w": torch.randn(4, generator=generator)} for t in params.suite.mtl}, {}
         names = {b: [f"{b}/split_{i}" for i in range(params.cl_benchmarks[b].splits)] for b in params.suite.cl}
@@ -142,12 +146,12 @@ def test_the_taskvectors_stage_rebuilds_the_committed_reference_file(tmp_path: P
 
     monkeypatch.setattr(stage, "pipeline_task_vectors", fake_task_vectors)
     shutil.copytree(COMMITTED, tmp_path / "metrics")
-    (tmp_path / "metrics" / "tiny-clip" / "reference.json").unlink()
+    (tmp_path / "metrics" / "tiny-clip" / "seed0" / "reference.json").unlink()
     monkeypatch.chdir(tmp_path)
-    stage.task_vector_metrics(params, "tiny-clip")
-    written = tmp_path / "metrics" / "tiny-clip" / "reference.json"
-    assert written.read_bytes() == (COMMITTED / "tiny-clip" / "reference.json").read_bytes()
-    similarity = SimilarityMetrics.read(tmp_path / "metrics" / "tiny-clip" / "similarity.json")
+    stage.task_vector_metrics(params, "tiny-clip", 0)
+    written = tmp_path / "metrics" / "tiny-clip" / "seed0" / "reference.json"
+    assert written.read_bytes() == (COMMITTED / "tiny-clip" / "seed0" / "reference.json").read_bytes()
+    similarity = SimilarityMetrics.read(tmp_path / "metrics" / "tiny-clip" / "seed0" / "similarity.json")
     assert similarity.individual.labels == list(params.suite.mtl)
     assert all(m.matrix[i][i] == 1.0 for m in (similarity.individual, *similarity.sequential.values())
                for i in range(len(m.labels)))
@@ -399,7 +403,7 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
         scores.append(100.0 * float(right.double().mean()))
         return right
 
-    monkeypatch.setattr(stage, "pipeline_task_vectors", lambda p, m, s: (pretrained, taus, {}))
+    monkeypatch.setattr(stage, "pipeline_task_vectors", lambda p, m, s, seed: (pretrained, taus, {}))
     monkeypatch.setattr(stage, "save_weights", lambda *args, **kwargs: None)
     monkeypatch.setattr(weaving.clip, "load_pretrained", lambda *args, **kwargs: None)
     monkeypatch.setattr(weaving.clip, "correctness", correctness)
@@ -407,9 +411,9 @@ def test_the_weave_stage_writes_a_valid_record_through_the_model(tmp_path: Path,
     monkeypatch.setattr(weaving.io, "sha256_file", lambda path: "0" * 64)
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: {})
     monkeypatch.chdir(tmp_path)
-    returned = stage.weave_setup(stage.EvaluationInputs(params, "tiny-clip"), "dg", "ties")
+    returned = stage.weave_setup(stage.EvaluationInputs(params, "tiny-clip", 0), "dg", "ties")
 
-    record = WeaveMetrics.read(tmp_path / "metrics" / "tiny-clip" / "weave" / "ties" / "dg.json")
+    record = WeaveMetrics.read(tmp_path / "metrics" / "tiny-clip" / "seed0" / "weave" / "ties" / "dg.json")
     assert record == returned
     assert record.tasks == list(params.suite.mtl)
     assert record.lambdas == params.search_space("ties", "dg")

@@ -515,3 +515,53 @@ def test_weave_stages_record_the_variants_beyond_lam_and_the_report_checks_them(
     assert claims["beyond_lam"]["verdict"] in ("holds", "does not hold", "mixed")
     assert set(claims["beyond_lam"]["numbers"]) == {"space"} | {f"{p}_pooling" for p in poolings}
     assert "λ × density" in (repo / "reports/tables/beyond_lam.md").read_text()
+
+
+# --- Replicates (issue 11): params seeds ----------------------------------------------------------------------------
+
+def test_a_second_seed_runs_its_replicate_beside_the_first_and_the_report_aggregates_both(repo: Path) -> None:
+    """seeds [0, 1]: the replicated stages run once more for seed 1 (seed 0's are not rerun), into their own
+    folders, from other random draws; the report's numbers are the means over both replicates with their
+    standard deviation and 95% t-interval, computed here by hand from the two weave records."""
+    import hashlib
+    import math
+    from statistics import fmean
+
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    mtl, cl = params["suite"]["mtl"], params["suite"]["cl"]
+    kept = [f"models/tiny-clip/seed0/finetuned/{t}.safetensors" for t in mtl] + ["metrics/tiny-clip/seed0/weave/ties/mtl.json"]
+
+    def digests() -> dict[str, str]:
+        return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest() for f in kept}
+
+    run(["dvc", "repro"], repo)
+    before = digests()
+    try:
+        params["seeds"], params["methods"] = [0, 1], ["ties"]
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        output = run(["dvc", "repro", "report"], repo).stdout
+        ran = set(re.findall(r"Running stage '([^']+)'", output))
+        assert ran == ({f"finetune@tiny-clip-{t}-1" for t in mtl} | {f"finetune_sequential@tiny-clip-{b}-1" for b in cl}
+                       | {"taskvectors@tiny-clip-1", "weave@tiny-clip-ties-1", "params", "report"})
+        assert digests() == before
+        first, second = (repo / f"models/tiny-clip/seed{s}/finetuned/{mtl[0]}.safetensors" for s in (0, 1))
+        assert first.read_bytes() != second.read_bytes()
+
+        summary = json.loads((repo / "reports/summary.json").read_text())
+        claims = json.loads((repo / "reports/claims.json").read_text())
+        records = [json.loads((repo / f"metrics/tiny-clip/seed{s}/weave/ties/mtl.json").read_text()) for s in (0, 1)]
+        baselines = [fmean(r["baseline"].values()) for r in records]
+        mean, std = fmean(baselines), abs(baselines[0] - baselines[1]) / math.sqrt(2)
+        half = 12.706204736174698 * std / math.sqrt(2)  # t quantile 0.975 with 1 degree of freedom
+        entry = summary["tiny-clip"]["mtl"]["ties"]
+        assert summary["seeds"] == [0, 1]
+        assert entry["baseline"] == pytest.approx(mean, abs=0.006)
+        assert entry["baseline_std"] == pytest.approx(std, abs=0.006)
+        assert entry["baseline_seeds_ci"] == pytest.approx([mean - half, mean + half], abs=0.011)
+        weave_rows = [row for row in claims["claims"] if row["id"] in {"beats_baseline", "gains_by_setup", "poolings"}]
+        assert weave_rows and all(row["seeds"] == [0, 1] and 0 <= row["seeds_holding"] <= 2 for row in weave_rows)
+    finally:
+        params_path.write_text(original)
+    run(["dvc", "repro"], repo)

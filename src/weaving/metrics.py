@@ -229,8 +229,8 @@ class WeaveMetrics(_Record):
     pool_over are registered names.
     """
 
-    layout: ClassVar[str] = "metrics/<model>/weave/<method>/<setup>.json"
-    writer: ClassVar[tuple[str, str]] = ("weave@<model>-<method>", "stages/weave.py")
+    layout: ClassVar[str] = "metrics/<model>/seed<seed>/weave/<method>/<setup>.json"
+    writer: ClassVar[tuple[str, str]] = ("weave@<model>-<method>-<seed>", "stages/weave.py")
 
     model: Name = Field(description="the model (params `models`); the file's path names it too")
     setup: Name = Field(description="the setup (`mtl`, `cl`, `dg`: `weaving.catalogue.SETUP_ENTRIES`)")
@@ -356,8 +356,8 @@ class ReferenceMetrics(_Record):
     """Zero-shot, fine-tuned and sequentially fine-tuned accuracies (percent), for the report to set beside
     the merged ones. A task absent from a map is a gap the report leaves empty."""
 
-    layout: ClassVar[str] = "metrics/<model>/reference.json"
-    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>", "stages/taskvectors.py")
+    layout: ClassVar[str] = "metrics/<model>/seed<seed>/reference.json"
+    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>-<seed>", "stages/taskvectors.py")
 
     model: Name = Field(description="the model; the file's path names it too")
     zeroshot: dict[str, Accuracy] = Field(description="per multi-task dataset, the pretrained model's accuracy",
@@ -392,8 +392,8 @@ class SimilarityMetrics(_Record):
     """Cosine similarity of task vectors: individual fine-tuning against sequential fine-tuning
     (the paper's Figure 3)."""
 
-    layout: ClassVar[str] = "metrics/<model>/similarity.json"
-    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>", "stages/taskvectors.py")
+    layout: ClassVar[str] = "metrics/<model>/seed<seed>/similarity.json"
+    writer: ClassVar[tuple[str, str]] = ("taskvectors@<model>-<seed>", "stages/taskvectors.py")
 
     individual: SimilarityMatrix = Field(description="the task vectors fine-tuned on each multi-task dataset")
     sequential: dict[str, SimilarityMatrix] = Field(
@@ -404,8 +404,8 @@ class SimilarityMetrics(_Record):
 class FinetuneMetrics(_Record):
     """One fine-tuned image encoder: its test accuracy (percent) and cost."""
 
-    layout: ClassVar[str] = "metrics/<model>/finetune/<task>.json"
-    writer: ClassVar[tuple[str, str]] = ("finetune@<model>-<task>", "stages/finetune.py")
+    layout: ClassVar[str] = "metrics/<model>/seed<seed>/finetune/<task>.json"
+    writer: ClassVar[tuple[str, str]] = ("finetune@<model>-<task>-<seed>", "stages/finetune.py")
 
     task: Name = Field(description="the dataset fine-tuned on")
     accuracy: Accuracy = Field(description="test accuracy with the task's zero-shot head (rounded to 4 decimals)")
@@ -428,8 +428,8 @@ class SequentialMetrics(_Record):
     """Class-incremental sequential fine-tuning on one continual benchmark. Checks: `splits[i].split`
     is i; no class in two splits; `final_accuracy` is the last split's `accuracy_all`."""
 
-    layout: ClassVar[str] = "metrics/<model>/sequential/<benchmark>.json"
-    writer: ClassVar[tuple[str, str]] = ("finetune_sequential@<model>-<benchmark>", "stages/finetune_sequential.py")
+    layout: ClassVar[str] = "metrics/<model>/seed<seed>/sequential/<benchmark>.json"
+    writer: ClassVar[tuple[str, str]] = ("finetune_sequential@<model>-<benchmark>-<seed>", "stages/finetune_sequential.py")
 
     benchmark: Name = Field(description="the continual benchmark (params `cl_benchmarks`)")
     dataset: Name = Field(description="its dataset")

@@ -1,7 +1,7 @@
 """The report's MERGE3 section: evolutionary merging with IRT-estimated fitness (docs/search.md, "Pipeline").
 
 Reads `metrics/<model>/search/merge3.json` (`weaving.metrics_search`) and, beside it, the weave stage's
-Task Arithmetic record of the multi-task setup (`metrics/<model>/weave/task_arithmetic/mtl.json`: the
+Task Arithmetic record of the multi-task setup (`metrics/<model>/seed<seed>/weave/task_arithmetic/mtl.json`: the
 recommended lam, the sweep over lam on test, Weight Weaving), the zero-shot and fine-tuned test
 accuracies; a model without merge3.json is left out (the section says which), and with none the
 claims are "not testable". Tables: the final test accuracy of each search against full-data
