@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         names = args.sections if args.sections is not None else list(SECTIONS) if args.params else []
         sections = load_sections(names, args.metrics, args.models)
-        files = build_report(run, args.profile, progress=True, sections=sections)
+        files = build_report({0: run}, args.profile, progress=True, sections=sections)
     except (WeavingError, ValueError) as error:
         print(f"error: report: {error}", file=sys.stderr)
         return 1

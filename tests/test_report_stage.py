@@ -61,7 +61,7 @@ def reports(metrics, tmp_path_factory):
 def test_stage_writes_every_output(reports):
     assert listing(reports) == expected_files(MODELS)
     summary = json.loads((reports / "summary.json").read_text())
-    assert set(summary) == {*MODELS, "avg"}
+    assert set(summary) == {*MODELS, "avg", "seeds"}
     claims = json.loads((reports / "claims.json").read_text())["claims"]
     paper_claims = ["beats_baseline", "gains_by_setup", "poolings", "best_lambda_spread", "pool_over"]
     assert [c["id"] for c in claims][:len(paper_claims)] == paper_claims  # then the families' sections' claims
@@ -184,8 +184,8 @@ def test_a_family_section_adds_its_tables_figures_captions_and_claims(tmp_path):
                   numbers={"x": 1.0})
     section = Section(title="Family", tables=[table], figures={"family.png": b"\x89PNG fake"},
                       captions={"family.png": "The family's figure"}, claims=[claim], text=["One paragraph."])
-    plain = build_report(run, "embedded")
-    files = build_report(run, "embedded", sections=[section])
+    plain = build_report({0: run}, "embedded")
+    files = build_report({0: run}, "embedded", sections=[section])
     assert set(files) - set(plain) == {"tables/family_table.md", "tables/family_table.csv", "figures/family.png"}
     assert json.loads(files["claims.json"])["claims"][-1]["id"] == "family_claim"
     page = files["index.html"].decode()
