@@ -398,8 +398,8 @@ def _intro(claims: list[Claim]) -> str:
     seeds = max((c.seeds for c in claims), key=len, default=[])
     if len(seeds) < 2:
         return INTRO
-    return (f"{INTRO} Seeds: {', '.join(map(str, seeds))}; each verdict is computed on the means over seeds, and "
-            f"beside it stands in how many seeds the claim holds on its own. {GAIN_RULE}")
+    return (f"{INTRO} Seeds: {', '.join(map(str, seeds))}; beside each verdict stands in how many seeds the claim "
+            f"holds on its own (checked on that seed's run alone). {GAIN_RULE}")
 
 
 def claims_html(claims: list[Claim]) -> str:
