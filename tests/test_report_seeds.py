@@ -231,3 +231,19 @@ def test_build_report_over_three_seeds(tmp_path):
     assert files["figures/figure2_best_lambda_tiny-clip.png"] == single["figures/figure2_best_lambda_tiny-clip.png"]
     with pytest.raises(TypeError):
         build_report(runs[0], "embedded")
+
+
+def test_plot_data_over_seeds(tmp_path):
+    synthetic, runs = seed_runs(tmp_path, {0: 1.0, 1: 2.0, 2: 4.5}, methods=("ties",), setups=("mtl",))
+    from weaving.report.plot_data import all_plot_data
+
+    files = all_plot_data(mean_run(runs), runs)
+    rows = list(csv.DictReader(io.StringIO(files["baseline_vs_weaving.csv"])))
+    row = next(r for r in rows if r["setup"] == "mtl" and r["variant"] == "weaving")
+    woven = [fmean(synthetic[k].weave[("tiny-clip", "mtl", "ties")]["weaving"]["avg"]["all"].values()) for k in (0, 1, 2)]
+    assert float(row["accuracy"]) == pytest.approx(fmean(woven), abs=1e-4)
+    assert float(row["accuracy_std"]) == pytest.approx(by_hand(woven)[1], abs=1e-4)
+    by_seed = list(csv.DictReader(io.StringIO(files["baseline_vs_weaving_by_seed.csv"])))
+    assert sorted({r["seed"] for r in by_seed}) == ["0", "1", "2"]
+    assert "accuracy_std" in files["accuracy_vs_lambda.csv"].splitlines()[0]
+    assert "accuracy_std" not in all_plot_data(runs[0])["accuracy_vs_lambda.csv"]

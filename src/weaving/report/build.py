@@ -74,7 +74,7 @@ def build_report(runs: Mapping[int, RunMetrics], profile: str, progress: bool = 
     for table in tables:
         files[f"tables/{table.name}.md"] = table.to_markdown().encode()
         files[f"tables/{table.name}.csv"] = table.to_csv().encode()
-    for name, text in all_plot_data(run).items():
+    for name, text in all_plot_data(run, runs if seed_runs else None).items():
         files[f"plots/{name}"] = text.encode()
     figures = figs.all_figures(run, progress=progress, seed_runs=seed_runs)
     for name, png in figures.items():
