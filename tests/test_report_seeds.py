@@ -247,3 +247,9 @@ def test_plot_data_over_seeds(tmp_path):
     assert sorted({r["seed"] for r in by_seed}) == ["0", "1", "2"]
     assert "accuracy_std" in files["accuracy_vs_lambda.csv"].splitlines()[0]
     assert "accuracy_std" not in all_plot_data(runs[0])["accuracy_vs_lambda.csv"]
+
+
+def test_float_noise_around_zero_is_no_gain():
+    assert not counts_as_gain([1e-15, 2e-15, 1.5e-15])  # an exact 0 up to rounding, zero spread
+    assert not counts_as_gain([0.004, 0.004, 0.004])
+    assert counts_as_gain([0.01, 0.01, 0.01])

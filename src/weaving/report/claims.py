@@ -60,7 +60,7 @@ class Claim:
 
 
 GAIN_RULE = ("With several seeds the verdict is computed on the means over seeds, and a gain counts only when its "
-             "95% t-interval over seeds excludes zero (low > 0); with one seed its value (to 2 decimals) > 0 decides.")
+             "95% t-interval over seeds excludes zero (low > 0.00); with one seed its value (to 2 decimals) > 0 decides.")
 
 
 def _gain_spread(per_seed: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
@@ -70,6 +70,12 @@ def _gain_spread(per_seed: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
         stats = seed_stats([d[key] for d in per_seed])
         out[key] = {"std": stats.std, "ci": stats.ci}
     return out
+
+
+def _with_ci(value: float, per_seed: list[float] | None) -> str:
+    """"+1.33" (one seed) or "+1.33 [-3.84, +6.51]" (its 95% interval over several seeds)."""
+    stats = seed_stats(per_seed) if per_seed and len(per_seed) > 1 else None
+    return _pp(value) if stats is None else f"{_pp(value)} [{_pp(stats.low)}, {_pp(stats.high)}]"
 
 
 def _is_gain(mean: float, per_seed: list[float] | None) -> bool:
@@ -126,7 +132,8 @@ def claim_beats_baseline(run: RunMetrics, seed_runs: Sequence[RunMetrics] = ()) 
              "baseline. Holds when more than half of the methods gain (> 0.00 points), does not hold when fewer "
              "than half do, mixed at exactly half. " + GAIN_RULE,
         verdict=_majority(wins, len(gains)),
-        evidence=f"{wins}/{len(gains)} methods gain; " + ", ".join(f"{method_label(m)} {_pp(g)}" for m, g in gains.items()),
+        evidence=f"{wins}/{len(gains)} methods gain{' (interval over seeds above 0)' if len(per_seed) > 1 else ''}; "
+                 + ", ".join(f"{method_label(m)} {_with_ci(g, [p[m] for p in per_seed])}" for m, g in gains.items()),
         numbers=numbers,
         paper="6/6 methods gain on Avg, +0.69 (PCB) to +15.94 (Breadcrumbs) points (Table 2).",
     )
@@ -162,8 +169,12 @@ def claim_gains_by_setup(run: RunMetrics, seed_runs: Sequence[RunMetrics] = ()) 
         numbers["gain_pp_over_seeds"] = _gain_spread(per_seed)
         numbers["excess_over_mtl_pp_over_seeds"] = _gain_spread([{s: p[s] - p["mtl"] for s in others}
                                                                  for p in per_seed])
-    return Claim("gains_by_setup", "5.2", statement, rule, verdict,
-                 "mean gain per setup: " + ", ".join(f"{SETUP_SHORT[s]} {_pp(g)}" for s, g in gains.items()),
+    evidence = "mean gain per setup: " + ", ".join(f"{SETUP_SHORT[s]} {_pp(g)}" for s, g in gains.items())
+    if len(per_seed) > 1:
+        evidence += "; excess over MTL (95% interval over seeds): " + ", ".join(
+            f"{SETUP_SHORT[s]} {_with_ci(gains[s] - gains['mtl'], [p[s] - p['mtl'] for p in per_seed])}"
+            for s in others)
+    return Claim("gains_by_setup", "5.2", statement, rule, verdict, evidence,
                  numbers=numbers, paper=paper)
 
 
@@ -300,7 +311,8 @@ def claim_pool_over(run: RunMetrics, seed_runs: Sequence[RunMetrics] = ()) -> Cl
     if len(per_seed) > 1:
         numbers["all_minus_augmented_pp_over_seeds"] = _gain_spread(per_seed)
     return Claim("pool_over", "3.2", statement, rule, _majority(wins, len(diffs)),
-                 f"A* better for {wins}/{len(diffs)}: " + ", ".join(f"{method_label(m)} {_pp(d)}" for m, d in diffs.items()),
+                 f"A* better for {wins}/{len(diffs)}{' (interval over seeds above 0)' if len(per_seed) > 1 else ''}: "
+                 + ", ".join(f"{method_label(m)} {_with_ci(d, [p[m] for p in per_seed])}" for m, d in diffs.items()),
                  numbers=numbers, paper=paper)
 
 

@@ -10,8 +10,8 @@ number over n seeds:
 
 With one seed there is no spread: the standard deviation and the interval are None (null in
 JSON), never 0. A gain counts as a gain, with several seeds, only when its interval excludes
-zero (low > 0, `counts_as_gain`); with one seed its point estimate decides (rounded to 2
-decimals, > 0), as it always did.
+zero (its low end, rounded to 2 decimals, > 0: `counts_as_gain`); with one seed its point
+estimate decides (rounded to 2 decimals, > 0), as it always did.
 """
 
 from __future__ import annotations
@@ -80,11 +80,12 @@ def seed_stats(values: Sequence[float]) -> SeedStats:
 
 def counts_as_gain(per_seed: Sequence[float]) -> bool:
     """Whether a gain over seeds counts as one: with several seeds its 95% interval excludes zero
-    (low > 0); with one seed its value rounded to 2 decimals is > 0."""
+    (low, rounded to 2 decimals as the point estimate is with one seed, > 0: float noise around an
+    exact 0 is no gain); with one seed its value rounded to 2 decimals is > 0."""
     stats = seed_stats(per_seed)
     if stats.low is None:
         return round(stats.mean, 2) > 0
-    return stats.low > 0
+    return round(stats.low, 2) > 0
 
 
 def seeds_text(seeds: Sequence[int]) -> str:
