@@ -226,6 +226,7 @@ def test_build_report_over_three_seeds(tmp_path):
     assert "Seeds: 0, 1, 2 (means over seeds; ± one standard deviation; 95% t-intervals" in page
     assert "error bars: ± one standard deviation over seeds" in page
     assert "mean over seeds 0, 1, 2" in files["tables/table2_data_free.md"].decode()
+    assert "the mean over seeds 0, 1, 2" in files["paper_comparison.md"].decode()
     single = build_report({0: mean_run(runs)}, "embedded")
     assert files["figures/figure1_baseline_vs_weaving.png"] != single["figures/figure1_baseline_vs_weaving.png"]
     assert files["figures/figure2_best_lambda_tiny-clip.png"] == single["figures/figure2_best_lambda_tiny-clip.png"]

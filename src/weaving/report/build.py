@@ -99,6 +99,9 @@ def build_report(runs: Mapping[int, RunMetrics], profile: str, progress: bool = 
     files["claims.md"] = claims_markdown(claims).encode()
     files["claims.json"] = claims_json(claims).encode()
     comparison = paper_comparison(run, profile)
+    if seed_runs:
+        comparison.paragraphs.insert(0, f"Several seeds: 'this run' is the mean over seeds {', '.join(map(str, seeds))} "
+                                        "(each accuracy averaged over seeds); tables/seeds gives the spread.")
     files["paper_comparison.md"] = comparison.to_markdown().encode()
     if comparison.per_task is not None:
         files[f"tables/{comparison.per_task.name}.md"] = comparison.per_task.to_markdown().encode()

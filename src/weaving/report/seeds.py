@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from statistics import fmean, stdev
 from typing import Any, TypeVar
 
-from scipy.stats import t as student_t
-
 from weaving.metrics import (
     BootstrapInterval,
     ContinualReference,
@@ -60,6 +58,8 @@ class SeedStats:
 
 def t_quantile(df: int, level: float = LEVEL) -> float:
     """t_{(1 + level) / 2, df}: the two-sided `level` quantile of Student's t with `df` degrees of freedom."""
+    from scipy.stats import t as student_t  # imported when first needed (several seeds)
+
     if df < 1:
         raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
     return float(student_t.ppf((1 + level) / 2, df))
