@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         names = args.sections if args.sections is not None else list(SECTIONS) if args.params else []
         section_seed = getattr(args, "section_seed", args.seeds[0] if args.seeds else None)
         sections = load_sections(names, args.metrics, args.models, seed=section_seed)
-        files = build_report(runs, args.profile, progress=True, sections=sections)
+        files = build_report(runs, args.profile, progress=True, sections=sections, section_seed=section_seed)
     except (WeavingError, ValueError) as error:
         print(f"error: report: {error}", file=sys.stderr)
         return 1

@@ -62,18 +62,22 @@ class SyntheticRun:
     reference: dict[str, dict] = field(default_factory=dict)
     similarity: dict[str, dict] = field(default_factory=dict)
 
-    def write(self, root: Path) -> Path:
-        """Write every file under `root` (the `metrics/` folder) and return `root`."""
+    def write(self, root: Path, seed: int | None = None) -> Path:
+        """Write every file under `root` (the `metrics/` folder) and return `root`: under `<model>/`, or
+        with `seed` under `<model>/seed<seed>/` as the pipeline's replicate `seed` (params `seeds`)."""
+        def folder(model: str) -> Path:
+            return root / model if seed is None else root / model / f"seed{seed}"
+
         for (model, setup, method), record in self.weave.items():
-            path = root / model / "weave" / method / f"{setup}.json"
+            path = folder(model) / "weave" / method / f"{setup}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1))
         for model, record in self.reference.items():
-            (root / model).mkdir(parents=True, exist_ok=True)
-            (root / model / "reference.json").write_text(json.dumps(record, indent=1))
+            folder(model).mkdir(parents=True, exist_ok=True)
+            (folder(model) / "reference.json").write_text(json.dumps(record, indent=1))
         for model, record in self.similarity.items():
-            (root / model).mkdir(parents=True, exist_ok=True)
-            (root / model / "similarity.json").write_text(json.dumps(record, indent=1))
+            folder(model).mkdir(parents=True, exist_ok=True)
+            (folder(model) / "similarity.json").write_text(json.dumps(record, indent=1))
         return root
 
 

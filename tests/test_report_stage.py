@@ -61,7 +61,7 @@ def reports(metrics, tmp_path_factory):
 def test_stage_writes_every_output(reports):
     assert listing(reports) == expected_files(MODELS)
     summary = json.loads((reports / "summary.json").read_text())
-    assert set(summary) == {*MODELS, "avg"}
+    assert set(summary) == {*MODELS, "avg", "seeds"}
     claims = json.loads((reports / "claims.json").read_text())["claims"]
     paper_claims = ["beats_baseline", "gains_by_setup", "poolings", "best_lambda_spread", "pool_over"]
     assert [c["id"] for c in claims][:len(paper_claims)] == paper_claims  # then the families' sections' claims
@@ -152,12 +152,13 @@ def test_vega_template_errors(tmp_path, capsys):
 
 def test_lists_from_params_file(tmp_path):
     params = ROOT / "profiles" / "smoke.yaml"  # models [tiny-clip], methods [task_arithmetic, ties, tsv]
-    metrics = make_run(methods=["task_arithmetic", "ties", "tsv"], setups=("mtl",)).write(tmp_path / "metrics")
+    metrics = make_run(methods=["task_arithmetic", "ties", "tsv"], setups=("mtl",)).write(tmp_path / "metrics", seed=0)
     out = tmp_path / "reports"
     assert report_stage.main(["--params", str(params), "--metrics", str(metrics), "--out", str(out),
                               "--setups", "mtl"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["tiny-clip"]["mtl"]) == ["task_arithmetic", "ties", "tsv"]
+    assert summary["seeds"] == [0]  # params seeds, read from metrics/<model>/seed0/
     assert "profile 'smoke' is not the 'paper' profile" in (out / "paper_comparison.md").read_text()
 
 
@@ -184,8 +185,8 @@ def test_a_family_section_adds_its_tables_figures_captions_and_claims(tmp_path):
                   numbers={"x": 1.0})
     section = Section(title="Family", tables=[table], figures={"family.png": b"\x89PNG fake"},
                       captions={"family.png": "The family's figure"}, claims=[claim], text=["One paragraph."])
-    plain = build_report(run, "embedded")
-    files = build_report(run, "embedded", sections=[section])
+    plain = build_report({0: run}, "embedded")
+    files = build_report({0: run}, "embedded", sections=[section])
     assert set(files) - set(plain) == {"tables/family_table.md", "tables/family_table.csv", "figures/family.png"}
     assert json.loads(files["claims.json"])["claims"][-1]["id"] == "family_claim"
     page = files["index.html"].decode()
@@ -193,3 +194,30 @@ def test_a_family_section_adds_its_tables_figures_captions_and_claims(tmp_path):
     with pytest.raises(ValueError, match="unknown report section 'nope'"):
         load_sections(["nope"], metrics, ["tiny-clip"])
     assert all(isinstance(module, str) for module in SECTIONS.values())
+
+
+def test_the_stage_aggregates_the_replicates_it_is_given(tmp_path):
+    """--seeds 3 5: each replicate read from <model>/seed<s>/, the summary's means and spreads over both
+    (computed here by hand), and a replicate missing a file is named before anything is written."""
+    import math
+    from statistics import fmean
+
+    metrics = tmp_path / "metrics"
+    runs = {3: make_run(methods=["ties"], setups=("mtl",), seed=1), 5: make_run(methods=["ties"], setups=("mtl",), seed=2)}
+    for seed, synthetic in runs.items():
+        synthetic.write(metrics, seed=seed)
+    out = tmp_path / "reports"
+    args = ["--metrics", str(metrics), "--out", str(out), "--models", "tiny-clip", "--methods", "ties",
+            "--setups", "mtl", "--profile", "smoke", "--seeds", "3", "5"]
+    assert report_stage.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    baselines = [fmean(r.weave[("tiny-clip", "mtl", "ties")]["baseline"].values()) for r in runs.values()]
+    entry = summary["tiny-clip"]["mtl"]["ties"]
+    assert summary["seeds"] == [3, 5]
+    assert entry["baseline"] == pytest.approx(fmean(baselines), abs=0.006)
+    assert entry["baseline_std"] == pytest.approx(abs(baselines[0] - baselines[1]) / math.sqrt(2), abs=0.006)
+
+    (metrics / "tiny-clip" / "seed5" / "reference.json").unlink()
+    (out / "summary.json").unlink()
+    assert report_stage.main(args) == 1
+    assert not (out / "summary.json").exists()

@@ -1,7 +1,7 @@
 """The report: the paper's tables, figures and claims check, from the pipeline's metrics files.
 
     run = load_metrics("metrics", models, setups, methods)   # validates every file first
-    files = build_report(run, profile="embedded")            # {relative path: bytes}
+    files = build_report({0: run}, profile="embedded")       # {relative path: bytes}; {seed: run}
 """
 
 from weaving.report.build import build_report

@@ -44,10 +44,17 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def figure_baseline_vs_weaving(run: RunMetrics) -> Figure:
+def _accuracy(rows: list[dict], model: str, setup: str, method: str, variant: str) -> float:
+    return next(row["accuracy"] for row in rows if row["model"] == model and row["setup"] == setup
+                and row["method"] == method and row["variant"] == variant)
+
+
+def figure_baseline_vs_weaving(run: RunMetrics, seed_runs: Sequence[RunMetrics] = ()) -> Figure:
     """Figure 1: task-averaged accuracy per method, baseline lam vs Weight Weaving; a panel per setup
-    (and their average), a row per model."""
+    (and their average), a row per model. With several `seed_runs` (`run` their mean), error bars of
+    ± one sample standard deviation over seeds of each bar's value."""
     rows = plot_data.baseline_vs_weaving(run)
+    seed_rows = [plot_data.baseline_vs_weaving(r) for r in seed_runs] if len(seed_runs) > 1 else []
     panels = [*run.setups, "avg"]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(run.models), len(panels), squeeze=False, sharey=True, layout="constrained",
@@ -59,10 +66,15 @@ def figure_baseline_vs_weaving(run: RunMetrics) -> Figure:
             for c, setup in enumerate(panels):
                 ax = axes[r][c]
                 for k, variant in enumerate(("baseline", "weaving")):
-                    values = [next(row["accuracy"] for row in rows if row["model"] == model and row["setup"] == setup
-                                   and row["method"] == m and row["variant"] == variant) for m in run.methods]
+                    values = [_accuracy(rows, model, setup, m, variant) for m in run.methods]
+                    errors = {}
+                    if seed_rows:
+                        errors = {"yerr": [float(np.std([_accuracy(sr, model, setup, m, variant) for sr in seed_rows],
+                                                        ddof=1)) for m in run.methods],
+                                  "capsize": 3, "error_kw": {"elinewidth": 1, "ecolor": OKABE_ITO["black"]}}
                     ax.bar(x + (k - 0.5) * width, values, width, color=VARIANT_COLOURS[variant],
-                           label="data-free baseline (λ = 1)" if variant == "baseline" else "Weight Weaving (avg, A*)")
+                           label="data-free baseline (λ = 1)" if variant == "baseline" else "Weight Weaving (avg, A*)",
+                           **errors)
                 ax.set_xticks(x, [method_label(m) for m in run.methods], rotation=40, ha="right")
                 ax.set_ylim(0, 100)
                 ax.grid(axis="y", alpha=0.3)
@@ -177,9 +189,10 @@ def figure_similarity(run: RunMetrics, model: str) -> Figure:
     return fig
 
 
-def figure_accuracy_vs_lambda(run: RunMetrics, model: str) -> Figure:
+def figure_accuracy_vs_lambda(run: RunMetrics, model: str, seed_runs: Sequence[RunMetrics] = ()) -> Figure:
     """Task-averaged accuracy vs lam per method (row) and setup (column); Weight Weaving for each
-    pooling as horizontal lines; the baseline and recommended lam marked."""
+    pooling as horizontal lines; the baseline and recommended lam marked. With several `seed_runs`
+    (`run` their mean), a shaded band of ± one sample standard deviation over seeds around the curve."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(run.methods), len(run.setups), squeeze=False, layout="constrained",
                                  figsize=(3.8 * len(run.setups), 2.4 * len(run.methods) + 1.2))
@@ -188,6 +201,10 @@ def figure_accuracy_vs_lambda(run: RunMetrics, model: str) -> Figure:
                 ax = axes[i][j]
                 r = run.get(model, setup, method)
                 ax.plot(r.lambdas, r.sweep_avg(), color=OKABE_ITO["black"], marker="o", ms=3, lw=1.5)
+                if len(seed_runs) > 1:
+                    curves = np.asarray([sr.get(model, setup, method).sweep_avg() for sr in seed_runs])
+                    mean, std = np.asarray(r.sweep_avg()), curves.std(axis=0, ddof=1)
+                    ax.fill_between(r.lambdas, mean - std, mean + std, color=OKABE_ITO["black"], alpha=0.15, lw=0)
                 for o in run.pool_overs:
                     for p in run.poolings:
                         ax.axhline(r.weaving_avg(p, o), color=POOLING_COLOURS[p], ls=POOL_OVER_STYLES[o], lw=1.4)
@@ -206,6 +223,9 @@ def figure_accuracy_vs_lambda(run: RunMetrics, model: str) -> Figure:
                    Line2D([], [], color=OKABE_ITO["vermillion"], marker="s", ls=":", label="data-free baseline λ"),
                    Line2D([], [], color=OKABE_ITO["orange"], marker="*", ms=10, ls="", markeredgecolor="black",
                           label="authors' recommended λ")]
+        if len(seed_runs) > 1:
+            handles.append(matplotlib.patches.Patch(facecolor=OKABE_ITO["black"], alpha=0.15,
+                                                    label=f"± 1 std over {len(seed_runs)} seeds"))
         for o in run.pool_overs:
             for p in run.poolings:
                 handles.append(Line2D([], [], color=POOLING_COLOURS[p], ls=POOL_OVER_STYLES[o],
@@ -215,20 +235,23 @@ def figure_accuracy_vs_lambda(run: RunMetrics, model: str) -> Figure:
     return fig
 
 
-def figure_jobs(run: RunMetrics) -> list[tuple[str, Callable[[], Figure]]]:
-    """(file name under `reports/figures/`, function drawing it) for every figure."""
+def figure_jobs(run: RunMetrics, seed_runs: Sequence[RunMetrics] = ()) -> list[tuple[str, Callable[[], Figure]]]:
+    """(file name under `reports/figures/`, function drawing it) for every figure; `seed_runs`: the
+    seeds' runs when `run` is their mean (error bars and bands)."""
     jobs: list[tuple[str, Callable[[], Figure]]] = [
-        ("figure1_baseline_vs_weaving.png", lambda: figure_baseline_vs_weaving(run))]
+        ("figure1_baseline_vs_weaving.png", lambda: figure_baseline_vs_weaving(run, seed_runs))]
     for model in run.models:
         name = safe_name(model)
         jobs += [(f"figure2_best_lambda_{name}.png", lambda model=model: figure_best_lambda(run, model)),
                  (f"figure3_similarity_{name}.png", lambda model=model: figure_similarity(run, model)),
-                 (f"accuracy_vs_lambda_{name}.png", lambda model=model: figure_accuracy_vs_lambda(run, model))]
+                 (f"accuracy_vs_lambda_{name}.png",
+                  lambda model=model: figure_accuracy_vs_lambda(run, model, seed_runs))]
     return jobs
 
 
-def all_figures(run: RunMetrics, progress: bool = False) -> dict[str, bytes]:
-    """Every figure as PNG bytes, keyed by path relative to `reports/figures/`; a progress bar on a terminal."""
-    jobs = figure_jobs(run)
+def all_figures(run: RunMetrics, progress: bool = False, seed_runs: Sequence[RunMetrics] = ()) -> dict[str, bytes]:
+    """Every figure as PNG bytes, keyed by path relative to `reports/figures/`; a progress bar on a terminal.
+    `seed_runs`: each seed's run when `run` is their mean (several: error bars and ± std bands)."""
+    jobs = figure_jobs(run, seed_runs)
     bar = tqdm(jobs, desc="report figures", unit="fig", file=sys.stderr, disable=None if progress else True)
     return {name: png_bytes(draw()) for name, draw in bar}

@@ -31,7 +31,7 @@ SETUPS = SETUP_ENTRIES.keys()
 METHODS = METHOD_ENTRIES.keys()
 POOLINGS = POOLING_ENTRIES.keys()
 POOL_OVERS: tuple[str, ...] = POOL_OVER
-RESERVED_MODEL_NAMES: frozenset[str] = frozenset({"avg"})
+RESERVED_MODEL_NAMES: frozenset[str] = frozenset({"avg", "seeds"})
 
 __all__ = ["MetricsError", "RunMetrics", "WeaveMetrics", "ReferenceMetrics", "SimilarityMetrics", "SimilarityMatrix",
            "load_metrics", "weave_path", "SETUPS", "METHODS", "POOLINGS", "POOL_OVERS"]

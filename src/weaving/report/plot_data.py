@@ -2,13 +2,16 @@
 
 Written as CSV under `reports/plots/`; the figures draw from these same rows. `dvc_series`
 splits them into one small CSV per series so `dvc plots` (one plot per file) can draw them.
+With several seeds the rows are the mean run's (`weaving.report.seeds.mean_run`);
+accuracy_vs_lambda.csv and baseline_vs_weaving.csv gain `accuracy_std` (sample standard
+deviation over seeds) and baseline_vs_weaving_by_seed.csv holds each seed's bars.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import fmean
 from typing import Any
 
@@ -118,14 +121,35 @@ def dvc_series(run: RunMetrics) -> dict[str, str]:
     return files
 
 
-def all_plot_data(run: RunMetrics) -> dict[str, str]:
-    """Every plot-data CSV, keyed by path relative to `reports/plots/`."""
+def _with_std(rows: list[Row], per_seed: list[list[Row]]) -> list[Row]:
+    """`rows` with `accuracy_std`: the sample standard deviation of each row's accuracy over the seeds'
+    rows (built the same way, so in the same order)."""
+    from statistics import stdev
+
+    return [{**row, "accuracy_std": stdev(seed[i]["accuracy"] for seed in per_seed)} for i, row in enumerate(rows)]
+
+
+def all_plot_data(run: RunMetrics, seed_runs: Mapping[int, RunMetrics] | None = None) -> dict[str, str]:
+    """Every plot-data CSV, keyed by path relative to `reports/plots/`; `seed_runs`: seed -> run when `run`
+    is their mean (several: standard deviations and each seed's bars)."""
+    seed_runs = seed_runs or {}
+    several = len(seed_runs) > 1
+    lam_rows, bar_rows = accuracy_vs_lambda(run), baseline_vs_weaving(run)
+    lam_columns, bar_columns = ACCURACY_VS_LAMBDA, BASELINE_VS_WEAVING
+    if several:
+        lam_rows = _with_std(lam_rows, [accuracy_vs_lambda(r) for r in seed_runs.values()])
+        bar_rows = _with_std(bar_rows, [baseline_vs_weaving(r) for r in seed_runs.values()])
+        lam_columns, bar_columns = (*lam_columns, "accuracy_std"), (*bar_columns, "accuracy_std")
     files = {
-        "accuracy_vs_lambda.csv": to_csv(accuracy_vs_lambda(run), ACCURACY_VS_LAMBDA),
+        "accuracy_vs_lambda.csv": to_csv(lam_rows, lam_columns),
         "weaving_by_pooling.csv": to_csv(weaving_by_pooling(run), WEAVING_BY_POOLING),
-        "baseline_vs_weaving.csv": to_csv(baseline_vs_weaving(run), BASELINE_VS_WEAVING),
+        "baseline_vs_weaving.csv": to_csv(bar_rows, bar_columns),
         "best_lambda.csv": to_csv(best_lambda(run), BEST_LAMBDA),
         "similarity.csv": to_csv(similarity(run), SIMILARITY),
     }
+    if several:
+        files["baseline_vs_weaving_by_seed.csv"] = to_csv(
+            [{"seed": seed, **row} for seed, r in seed_runs.items() for row in baseline_vs_weaving(r)],
+            ("seed", *BASELINE_VS_WEAVING))
     files.update(dvc_series(run))
     return files

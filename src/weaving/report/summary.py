@@ -6,15 +6,25 @@ weaving_<pooling>_<pool_over>, gain (weaving_avg_all - baseline), oracle_single,
 oracle_per_task, and where the weave stage computed them, bootstrap intervals over test images
 (`baseline_ci`, `weaving_avg_all_ci`, `gain_ci`: [low, high]). The "avg" entries are means over
 setups (per model) and over setups and models (top); intervals are not averaged.
+A top-level "seeds" lists the seeds the numbers come from.
+
+Several seeds (`seeds_summary`): every number is the mean over seeds of the per-seed summaries
+(each computed as above), and beside each key K stand `K_std` (sample standard deviation over
+seeds, n - 1) and `K_seeds_ci` ([low, high], the 95% t-interval of the mean over seeds,
+`weaving.report.seeds`); `oracle_single_lam` too. The bootstrap keys `baseline_ci`,
+`weaving_avg_all_ci` and `gain_ci` are per seed (over that seed's test images) and are left out.
+With one seed the layout and values are the single run's, plus "seeds".
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from statistics import fmean
 from typing import Any
 
 from weaving.report.load import RunMetrics, WeaveMetrics
+from weaving.report.seeds import check_same_layout, seed_stats
 
 
 def method_numbers(r: WeaveMetrics, poolings: list[str], pool_overs: list[str]) -> dict[str, float]:
@@ -54,6 +64,11 @@ def _round(obj: Any) -> Any:
 
 
 def summary(run: RunMetrics) -> dict[str, Any]:
+    """One run's summary, rounded to 2 decimals (without "seeds")."""
+    return _round(_summary(run))
+
+
+def _summary(run: RunMetrics) -> dict[str, Any]:
     out: dict[str, Any] = {}
     per_method_all: dict[str, list[dict[str, float]]] = {m: [] for m in run.methods}
     for model in run.models:
@@ -70,8 +85,36 @@ def summary(run: RunMetrics) -> dict[str, Any]:
         entry["finetuned_avg"] = fmean(ref.finetuned.values()) if ref.finetuned else None
         out[model] = entry
     out["avg"] = {m: _mean_entries(v) for m, v in per_method_all.items()}
-    return _round(out)
+    return out
 
 
-def summary_json(run: RunMetrics) -> str:
-    return json.dumps(summary(run), indent=2) + "\n"
+def _aggregate(trees: list[Any]) -> Any:
+    """The per-seed summaries `trees` (same layout) as one: each number's mean with `_std` and
+    `_seeds_ci` beside it; the per-seed bootstrap `_ci` keys left out."""
+    out: dict[str, Any] = {}
+    for key, value in trees[0].items():
+        if key.endswith("_ci"):
+            continue
+        values = [t[key] for t in trees]
+        if isinstance(value, dict):
+            out[key] = _aggregate(values)
+        elif any(v is None for v in values):
+            out[key] = out[f"{key}_std"] = out[f"{key}_seeds_ci"] = None
+        else:
+            stats = seed_stats(values)
+            out[key], out[f"{key}_std"], out[f"{key}_seeds_ci"] = stats.mean, stats.std, stats.ci
+    return out
+
+
+def seeds_summary(runs: Mapping[int, RunMetrics]) -> dict[str, Any]:
+    """The summary of one run per seed (`runs`: seed -> run, in order), rounded to 2 decimals,
+    with a top-level "seeds". One seed: `summary(run)` plus "seeds"."""
+    check_same_layout(runs)
+    seeds = list(runs)
+    if len(seeds) == 1:
+        return {**summary(runs[seeds[0]]), "seeds": [s for s in seeds if s is not None]}  # None: no replicate folders
+    return {**_round(_aggregate([_summary(runs[s]) for s in seeds])), "seeds": seeds}
+
+
+def summary_json(runs: Mapping[int, RunMetrics]) -> str:
+    return json.dumps(seeds_summary(runs), indent=2) + "\n"

@@ -25,7 +25,24 @@ class Label(NamedTuple):
     key: str
 
 
-Cell = str | float | Label | None
+class Stat(NamedTuple):
+    """A number over seeds: shown as "mean ± std [low, high]" (markdown, HTML), written in CSV as four
+    columns `<key>_mean`, `<key>_std`, `<key>_ci_low`, `<key>_ci_high` (empty when None: one seed)."""
+
+    mean: float
+    std: float | None
+    low: float | None
+    high: float | None
+
+    def text(self) -> str:
+        if self.std is None or self.low is None or self.high is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+STAT_PARTS = ("mean", "std", "ci_low", "ci_high")
+
+Cell = str | float | Label | Stat | None
 
 SETUP_SHORT = {name: entry.short for name, entry in SETUP_ENTRIES.items()}
 
@@ -68,9 +85,19 @@ class Table:
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.keys)
+        stats = [any(isinstance(row[j], Stat) for row in self.rows) for j in range(len(self.keys))]
+        writer.writerow([name for key, stat in zip(self.keys, stats)
+                         for name in ([f"{key}_{part}" for part in STAT_PARTS] if stat else [key])])
         for row in self.rows:
-            writer.writerow([_fmt(v, missing="", csv=True) for v in row])
+            cells = []
+            for value, stat in zip(row, stats):
+                if not stat:
+                    cells.append(_fmt(value, missing="", csv=True))
+                elif isinstance(value, Stat):
+                    cells += [_fmt(v, missing="", csv=True) for v in value]
+                else:
+                    cells += [_fmt(value, missing="", csv=True)] + [""] * (len(STAT_PARTS) - 1)
+            writer.writerow(cells)
         return buffer.getvalue()
 
     def to_html(self) -> str:
@@ -80,7 +107,7 @@ class Table:
             cells = []
             for j, value in enumerate(row):
                 text = html.escape(_fmt(value, missing="—"))
-                cls = ' class="num"' if isinstance(value, float) else ""
+                cls = ' class="num"' if isinstance(value, (float, Stat)) else ""
                 cells.append(f"<td{cls}><b>{text}</b></td>" if (i, j) in self.bold else f"<td{cls}>{text}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
         notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in self.notes)
@@ -88,12 +115,14 @@ class Table:
                 f"<tbody>{''.join(body)}</tbody></table>{notes}\n")
 
     def _numeric(self, j: int) -> bool:
-        return any(isinstance(row[j], float) for row in self.rows)
+        return any(isinstance(row[j], (float, Stat)) for row in self.rows)
 
 
 def _fmt(value: Cell, missing: str, csv: bool = False) -> str:
     if isinstance(value, Label):
         return value.key if csv else value.text
+    if isinstance(value, Stat):
+        return value.text()
     if value is None:
         return missing
     if isinstance(value, float):
