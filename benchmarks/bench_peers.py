@@ -603,6 +603,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="in-memory repeats (default 3, --quick 2)")
     parser.add_argument("--stream-repeats", type=int, help="streaming repeats (default 2, --quick 1)")
     parser.add_argument("--dir", type=Path, help="scratch folder for the inputs (default: a temporary one)")
+    parser.add_argument("--stream-dir", type=Path,
+                        help="folder of the streaming inputs, kept: built there unless it holds them already "
+                             "(before/after runs on the same files)")
+    parser.add_argument("--stream-impls", nargs="+", choices=("weaving", "mergekit"), default=["weaving", "mergekit"],
+                        help="streaming: which tools to run (default both)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--sources-git", type=Path,
@@ -669,7 +674,14 @@ def main() -> None:
                 f.unlink()
         model = None
         if args.stream_methods:
-            model = build_llama(folder, args.stream_tasks, args.seed)
+            if args.stream_dir is not None:
+                folder = args.stream_dir
+                folder.mkdir(parents=True, exist_ok=True)
+            if args.stream_dir is not None and all((folder / name).is_dir() for name in
+                                                   ["pretrained", *(f"finetuned_{t}" for t in range(args.stream_tasks))]):
+                model = {"reused": str(folder)}
+            else:
+                model = build_llama(folder, args.stream_tasks, args.seed)
             for f in folder.rglob("*.safetensors"):  # into the page cache, for both tools alike
                 with open(f, "rb") as handle:
                     while handle.read(1 << 24):
@@ -677,7 +689,7 @@ def main() -> None:
             for repeat in range(stream_repeats):
                 for method in args.stream_methods:
                     order = ("weaving", "mergekit") if repeat % 2 == 0 else ("mergekit", "weaving")
-                    for impl in order:
+                    for impl in (impl for impl in order if impl in args.stream_impls):
                         if impl == "mergekit" and peers["mergekit"] != "ok":
                             result = {"impl": impl, "method": method, "error": f"mergekit {peers['mergekit']}"}
                         else:
@@ -693,7 +705,7 @@ def main() -> None:
     print(tables)
     command = " ".join(["python", "benchmarks/bench_peers.py", *sys.argv[1:]])
     payload = {
-        "command": command, "quick": args.quick, "tasks": args.tasks, "max_params": args.max_params,
+        "command": command, "weaving_src": str(ROOT / "src"), "quick": args.quick, "tasks": args.tasks, "max_params": args.max_params,
         "sources": PEER_SOURCES, "stream_tasks": args.stream_tasks,
         "repeats": repeats, "stream_repeats": stream_repeats, "threads": 1, "peers": peers,
         "setup": setup_status, "packages": {k: v["packages"] for k, v in PEERS.items()}, "model": model,

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weaving import METHODS, ParamError, apply_task_vector, merge, quantile, task_vectors, weave
+from weaving.methods import base
 from weaving.methods.base import ModelLayout
 from weaving.methods.breadcrumbs import breadcrumbs_mask
 
@@ -303,3 +304,73 @@ def test_tail_and_radix_order_statistics_give_identical_merges(name: str, hparam
     with_radix = merge(name, taus, **hparams)
     for key, value in with_tails.items():
         assert torch.equal(value, with_radix[key]), key
+
+
+
+_INT_OF = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
+        a.view(_INT_OF[a.element_size()]), b.view(_INT_OF[b.element_size()]))
+
+
+def test_column_chunks_bounds(monkeypatch) -> None:
+    monkeypatch.setattr(base, "CHUNK_COLUMNS", 3 * 4096)
+    assert base.column_chunks(2 * 3 * 4096 - 1) is None  # under two chunks: whole
+    assert base.column_chunks(7 * 4096 + 5) == [(0, 3 * 4096), (3 * 4096, 7 * 4096 + 5)]  # the last takes the rest
+    # whole rows of 2816: steps of lcm(4096, 2816) = 45056
+    assert base.column_chunks(5 * 45056, row=2816) == [(i * 45056, (i + 1) * 45056) for i in range(5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_column_chunks_sum_like_the_whole_matrix(dtype: torch.dtype, threads: int, monkeypatch) -> None:
+    """The property chunked methods rely on: `x[:, a:b].sum(0)` (view or contiguous copy) has the
+    bits of `x.sum(0)[a:b]` on `column_chunks`' bounds (aligned starts, no short last chunk)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(3)
+        for tasks in (1, 2, 3, 5, 8):
+            for columns, step, row in ((2 * 4096, 4096, 1), (3 * 4096 + 7, 4096, 1), (7 * 4096 + 1000, 8192, 1),
+                                       (51 * 2816, 45056, 2816)):
+                monkeypatch.setattr(base, "CHUNK_COLUMNS", step)
+                x = torch.randn(tasks, columns, generator=generator).to(dtype)
+                x[x.abs() < 0.01] = -0.0
+                x[:, ::97] *= 1e3
+                whole = x.sum(0)
+                bounds = base.column_chunks(columns, row=row)
+                assert bounds is not None and bounds[-1][1] == columns
+                for a, b in bounds:
+                    assert _same_bits(x[:, a:b].sum(0), whole[a:b]), (tasks, columns, a, b)
+                    assert _same_bits(x[:, a:b].contiguous().sum(0), whole[a:b]), (tasks, columns, a, b)
+    finally:
+        torch.set_num_threads(before)
+
+
+CHUNKED = [("dare", {"p": 0.3, "seed": 4}), ("ties", {"density": 0.2}), ("ties", {"density": 0.01}),
+           ("ties", {"density": 1.0}), ("breadcrumbs", {"beta": 0.1, "gamma": 0.01})]
+
+
+@pytest.mark.parametrize("name, hparams", CHUNKED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_chunked_keys_merge_like_whole_keys(name: str, hparams: dict, dtype: torch.dtype, monkeypatch) -> None:
+    """Large keys worked on in column chunks (`column_chunks`) give the bits of the whole-key
+    computation, small ones (0-D, 1-D, under two chunks) are worked on whole."""
+    generator = torch.Generator().manual_seed(5)
+    shapes = {"a": (100, 129), "b": (3, 5000), "c": (20000,), "d": (7, 11, 300), "e": (9000, 3), "f": (40, 256),
+              "g": (3, 4, 1024), "s": (), "z": (0, 4)}
+    for tasks in (1, 3):
+        taus = [{k: (torch.randn(s, generator=generator) * 0.01).to(dtype) for k, s in shapes.items()}
+                for _ in range(tasks)]
+        if tasks > 1:  # columns whose signs cancel: TIES' majority-sign pass, requested from a chunk
+            taus[1]["b"][1] = -taus[0]["b"][1]
+            taus[2]["b"][1] = 0.0
+        monkeypatch.setattr(base, "CHUNK_COLUMNS", 1 << 40)
+        whole = merge(name, taus, lam=0.7, **hparams)
+        for step in (4096, 8192):
+            monkeypatch.setattr(base, "CHUNK_COLUMNS", step)
+            chunked = merge(name, taus, lam=0.7, **hparams)
+            for key, value in whole.items():
+                assert _same_bits(chunked[key], value), (tasks, step, key)

@@ -305,12 +305,19 @@ def check_device(args: argparse.Namespace) -> None:
 
 
 def finite_outputs(stream: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Pass the stream through, refusing a floating-point tensor holding NaN or inf."""
+    """Pass the stream through, refusing a floating-point tensor holding NaN or inf.
+
+    A finite sum proves the tensor finite (NaN and inf make it non-finite): only a non-finite
+    sum (possibly an overflow of finite values) needs `isfinite` of every entry, whose
+    temporaries (`abs`, two boolean masks) are as large as the tensor and more.
+    """
     for key, tensor in stream:
         check_signals()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if (tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.sum()))
+                and not bool(torch.isfinite(tensor).all())):
             raise InputError(f"merged tensor {key!r} holds NaN or inf; check the inputs' {key!r}")
         yield key, tensor
+        del tensor  # not kept while the next key is computed
 
 
 def cast_outputs(stream: Iterator[tuple[str, torch.Tensor]], dtypes: dict[str, torch.dtype],
@@ -328,7 +335,9 @@ def cast_outputs(stream: Iterator[tuple[str, torch.Tensor]], dtypes: dict[str, t
                     + "; choose --dtype bfloat16 or float32"
                 )
             tensor = cast
+            del cast
         yield key, tensor
+        del tensor  # not kept while the next key is computed
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -341,6 +341,7 @@ def append_union_rows(
         for start, stop, source in union_rows.get(key, ()):
             parts.append(source.load(key)[start:stop].to(tensor.dtype))  # type: ignore[attr-defined]
         yield key, (torch.cat(parts) if len(parts) > 1 else tensor)
+        del tensor, parts  # not kept while the next key is computed
 
 
 def release_all(sources: Sequence[object]) -> None:

@@ -648,6 +648,7 @@ def write_safetensors(
                 with output_errors(target, len(header) + total_bytes):
                     handle.write(memoryview(data))
                 bar.update(data.nbytes)
+                del tensor, data  # written: not kept while the stream computes the next tensor
             missing = next(expected, None)
             if missing is not None:
                 raise ValueError(f"write_safetensors: the tensors ended before {missing[0]!r}")

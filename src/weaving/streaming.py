@@ -225,6 +225,7 @@ def stream_task_vectors(
             if tuple(merged_at_1.shape) != layout.shapes[key]:
                 raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(merged_at_1.shape)}")
             yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
+            del merged_at_1  # not kept while the next key is computed (nor below)
             continue
         taus = stack.load(key, check=not check_result)
         if weave is None:
@@ -235,6 +236,7 @@ def stream_task_vectors(
                 if check_result and merged_at_1.numel() and not bool(torch.isfinite(merged_at_1.sum())):
                     stack.check(key)  # raises unless the sum itself overflowed (returned, as before)
                 yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
+                del merged_at_1
             continue
         assert space is not None
         if not linear:
@@ -400,5 +402,6 @@ def _with_pretrained(
         result_key, result = next(results)
         assert result_key == key, (result_key, key)
         yield key, (stack.base(key) + result).to(pretrained.spec(key)[1])
+        del result  # the consumer may hold the yielded tensor; this one is not kept besides
     for result_key, _ in results:  # runs the core to its end, which closes its progress bar
         raise AssertionError(f"unexpected merged key {result_key!r}")

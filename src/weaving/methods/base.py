@@ -326,6 +326,31 @@ class Workspace:
         return buffer[:numel].view(shape)
 
 
+CHUNK_COLUMNS = 1 << 20
+"""About how many columns (entries of one flattened task vector) a chunk of a large key holds."""
+CHUNK_ALIGN = 1 << 12
+"""Every chunk starts at a multiple of this many columns (and holds at least as many)."""
+
+
+def column_chunks(columns: int, row: int = 1) -> list[tuple[int, int]] | None:
+    """Bounds `[a, b)` cutting a key's `columns` flattened entries into chunks of about
+    `CHUNK_COLUMNS`, or None for a key small enough to be worked on whole (under two chunks).
+
+    Each start is a multiple of `CHUNK_ALIGN` and of `row` (chunks hold whole rows of that
+    length); the last chunk takes the remainder, so every chunk is at least one step long. On
+    such chunks, `x[:, a:b].sum(0)` of a `[T, columns]` matrix gives the bits of
+    `x.sum(0)[a:b]` (the reduction's vector blocks line up; checked for float16 to float64 in
+    tests/test_methods.py), so a per-column method computed chunk by chunk holds chunk-sized
+    scratch instead of several `[T, *shape]` tensors, with the same result.
+    """
+    unit = math.lcm(CHUNK_ALIGN, max(int(row), 1))
+    step = max(unit, CHUNK_COLUMNS // unit * unit)
+    count = columns // step
+    if count < 2:
+        return None
+    return [(i * step, (i + 1) * step) for i in range(count - 1)] + [((count - 1) * step, columns)]
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from sha256 of the parts joined by '/': `int(sha256[:8], big) >> 1`."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode("utf-8")).digest()

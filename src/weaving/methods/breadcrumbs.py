@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from weaving.methods.base import PerTensorMethod, unit_interval
+from weaving.methods.base import PerTensorMethod, column_chunks, unit_interval
 
 
 def _first(a: torch.Tensor, top: torch.Tensor, k: int, *, exact: bool) -> torch.Tensor:
@@ -71,9 +71,25 @@ def breadcrumbs_mask(tau: torch.Tensor, *, beta: float, gamma: float) -> torch.T
 
 
 def breadcrumbs(taus: torch.Tensor, *, beta: float, gamma: float) -> torch.Tensor:
-    """`M = sum_t tau_t * mask_t` over the stacked task vectors `taus` `[T, *shape]`."""
+    """`M = sum_t tau_t * mask_t` over the stacked task vectors `taus` `[T, *shape]`.
+
+    A large key is worked on in chunks of whole rows (`column_chunks`; the mask is per row, the
+    sum per column): the same bits with chunk-sized scratch.
+    """
     if taus.ndim == 1:  # stacked 0-D tensors are kept whole
         return taus.sum(0)
+    d = taus.shape[-1]
+    chunks = column_chunks(taus[0].numel(), row=d) if taus.is_contiguous() else None
+    if chunks is None:
+        return _masked_sum(taus, beta=beta, gamma=gamma)
+    flat = taus.reshape(taus.shape[0], -1)
+    merged = torch.empty(flat.shape[1], dtype=taus.dtype)
+    for a, b in chunks:
+        merged[a:b] = _masked_sum(flat[:, a:b].view(taus.shape[0], -1, d), beta=beta, gamma=gamma).view(-1)
+    return merged.view(taus.shape[1:])
+
+
+def _masked_sum(taus: torch.Tensor, *, beta: float, gamma: float) -> torch.Tensor:
     mask = breadcrumbs_mask(taus, beta=beta, gamma=gamma)
     return torch.where(mask, taus, torch.zeros((), dtype=taus.dtype)).sum(0)
 

@@ -44,6 +44,7 @@ from weaving.methods.base import (
     PoolingRun,
     PoolingShape,
     Workspace,
+    column_chunks,
     unit_interval,
 )
 from weaving.quantile import order_statistics
@@ -125,6 +126,10 @@ class TiesRun(MethodRun):
     def _trim(self, taus: torch.Tensor) -> torch.Tensor:
         return ties_trim(taus, self._thresholds, out=self._workspace.take("trimmed", taus.shape, taus.dtype))
 
+    def _chunks(self, taus: torch.Tensor) -> list[tuple[int, int]] | None:
+        """Column chunks of a large key's `[T, N]` view (`column_chunks`), else None: whole."""
+        return column_chunks(taus[0].numel()) if taus.ndim > 1 and taus.is_contiguous() else None
+
     def share_scratch(self, workspace: Workspace) -> None:
         self._workspace = workspace
 
@@ -137,9 +142,16 @@ class TiesRun(MethodRun):
     def observe(self, key: str, taus: torch.Tensor) -> None:
         if self._selecting():
             assert self._select is not None
-            self._select.observe(taus.reshape(self._rows, -1), magnitude=True)
+            flat = taus.reshape(self._rows, -1)
+            for a, b in self._chunks(taus) or [(0, flat.shape[1])]:  # histograms: any chunking
+                self._select.observe(flat[:, a:b], magnitude=True)
         elif self._majority_requested:
-            self._sign_total += ties_column_sign_total(self._trim(taus))
+            chunks = self._chunks(taus)
+            if chunks is None:
+                self._sign_total += ties_column_sign_total(self._trim(taus))
+            else:
+                flat = taus.reshape(self._rows, -1)
+                self._sign_total += sum(ties_column_sign_total(self._trim(flat[:, a:b])) for a, b in chunks)
         else:
             raise AssertionError("ties: no statistics pass in progress")
 
@@ -149,12 +161,23 @@ class TiesRun(MethodRun):
             self._select.end_pass()
             if self._select.done:
                 self._thresholds = self._select.values()[:, 0]
+                self._select = None  # its scratch (keys of the largest chunk) is no longer needed
         elif self._majority_requested:
             self._majority = (self._sign_total > 0) - (self._sign_total < 0)
             self._majority_requested = False
 
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
         assert not self._selecting(), "ties: finalize before the statistics passes"
+        chunks = self._chunks(taus)
+        if chunks is None:
+            return self._finalize_columns(taus)
+        flat = taus.reshape(self._rows, -1)
+        merged = torch.empty(flat.shape[1], dtype=taus.dtype)
+        for a, b in chunks:  # column by column: the same bits as the whole key (`column_chunks`)
+            merged[a:b] = self._finalize_columns(flat[:, a:b])
+        return merged.view(taus.shape[1:])
+
+    def _finalize_columns(self, taus: torch.Tensor) -> torch.Tensor:
         trimmed = self._trim(taus)
         elected = torch.sign(trimmed.sum(0))
         if self._majority is None and ties_needs_majority(trimmed, elected):
@@ -211,6 +234,7 @@ class TiesPoolingRun(PoolingRun):
             points = lams.abs() * found[self._tasks + merges]
             thresholds = torch.cat([found[: self._tasks], points])
             self.run = TiesRun(self._shape.member_layout, density=self._density, thresholds=thresholds)
+            self._select = None  # its scratch is no longer needed
 
 
 METHOD = ModelWideMethod(
