@@ -14,12 +14,25 @@ may be shared.
 
     .venv/bin/python benchmarks/calibrate_tiny_clip.py --out benchmarks/results/calibrate_tiny_clip.json
     .venv/bin/python benchmarks/calibrate_tiny_clip.py --pretrain steps=400 --finetune lr=1e-3
+
+Task arithmetic over the whole MTL search space of params (`method_params.task_arithmetic.
+search_space.mtl`): every run records, per lam, the task-averaged accuracy of
+pre + lam * sum_t tau_t, the best single lam and whether it is interior (strictly between the
+space's ends). `--sweep KEY=V1,V2 ...` fine-tunes every combination of the values (over
+`--finetune`) in one process, from one pretrained model, and writes one record per recipe to
+`--sweep-out` (records of other recipes already there are kept, so sweeps can be continued);
+`--deadline HH:MM` (UTC) starts no recipe that the previous one's time says would end later.
+
+    .venv/bin/python benchmarks/calibrate_tiny_clip.py --no-sequential --reuse-pretrained \
+        --sweep lr=1e-3,5e-4 steps=250,150 --deadline 22:25
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -34,6 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from weaving import parse_search_space  # noqa: E402
 from weaving.clip import (  # noqa: E402
     FinetuneRecipe,
     PretrainRecipe,
@@ -88,6 +102,87 @@ def merged_visual(pre: dict, finetuned: list[dict], lam: float) -> dict:
             for k in pre}
 
 
+def ta_lambda_search(model, pre: dict, finetuned: list[dict], heads: list, caches: list, space: list[float]) -> dict:
+    """Task arithmetic at every lam of `space`: task-averaged accuracy, the best lam, interior or not."""
+    per_lam = {}
+    for lam in space:
+        visual = merged_visual(pre, finetuned, lam)
+        per_lam[lam] = statistics.mean(evaluate(model, visual, h, c) for h, c in zip(heads, caches))
+    best = max(space, key=lambda lam: per_lam[lam])  # first of ties: the smallest lam
+    return {"space": space, "accuracy": {str(lam): acc for lam, acc in per_lam.items()},
+            "best_lam": best, "best_accuracy": per_lam[best], "interior": min(space) < best < max(space)}
+
+
+def parse_sweep(pairs: list[str]) -> list[dict]:
+    """`KEY=V1,V2` pairs -> every combination, as lists of `key=value` overrides (JSON values)."""
+    axes = []
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"sweep axis {pair!r} is not KEY=V1,V2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def run_sweep(args, model, pre_visual: dict, datasets: dict, heads: dict, caches: dict, zeroshot: dict,
+              base: dict, space: list[float], results: dict) -> None:
+    """Fine-tune the tasks with each recipe of `--sweep`, task arithmetic over `space`; one record per recipe."""
+    out = Path(args.sweep_out)
+    previous = json.loads(out.read_text())["records"] if out.is_file() else []
+    deadline = None
+    if args.deadline:
+        hours, minutes = (int(x) for x in args.deadline.split(":"))
+        deadline = datetime.datetime.now(datetime.timezone.utc).replace(hour=hours, minute=minutes, second=0)
+    last_wall = 0.0
+    for overrides in parse_sweep(args.sweep):
+        recipe = parse_overrides(overrides, base, FinetuneRecipe)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if deadline and now + datetime.timedelta(seconds=last_wall) > deadline:
+            print(f"sweep: deadline {args.deadline} UTC, not starting {overrides}", file=sys.stderr)
+            break
+        finetuned, accuracy, seconds = {}, {}, {}
+        for name in args.tasks:
+            with Timer() as t_ft:
+                # from theta_pre explicitly: `evaluate` leaves the last evaluated weights in `model.visual`
+                finetuned[name] = finetune(model, heads[name], datasets[name].split("train"), recipe,
+                                           seed=args.seed, init_visual=pre_visual, progress=False)
+            seconds[name] = t_ft.wall
+            accuracy[name] = evaluate(model, finetuned[name], heads[name], caches[name])
+        record = {
+            "recipe": recipe.model_dump(), "overrides": overrides, "seed": args.seed, "threads": args.threads,
+            "zeroshot": dict(zeroshot), "zeroshot_mean": statistics.mean(zeroshot.values()),
+            "finetuned": accuracy, "finetuned_mean": statistics.mean(accuracy.values()),
+            "task_arithmetic_mtl": ta_lambda_search(model, pre_visual, [finetuned[n] for n in args.tasks],
+                                                    [heads[n] for n in args.tasks],
+                                                    [caches[n] for n in args.tasks], space),
+            "task_vector_mean_cosine": mean_pairwise_cosine(pre_visual, [finetuned[n] for n in args.tasks]),
+            "finetune_wall_s": round(sum(seconds.values()), 1), "loadavg_end": os.getloadavg(),
+            "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        last_wall = sum(seconds.values()) * 1.1
+        previous = [r for r in previous if r["recipe"] != record["recipe"] or r["seed"] != args.seed] + [record]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"pretrain": results["pretrain"], "model": args.model,
+                                   "pretrain_recipe": results["recipes"]["pretrain"], "limits": LIMITS,
+                                   "records": previous}, indent=2) + "\n")
+        ta = record["task_arithmetic_mtl"]
+        print(f"sweep {overrides}: fine-tuned mean {record['finetuned_mean']:.1f}, zero-shot mean "
+              f"{record['zeroshot_mean']:.1f}, TA best lam {ta['best_lam']} ({ta['best_accuracy']:.1f}, "
+              f"interior {ta['interior']}), fine-tuning {record['finetune_wall_s']:.0f} s", file=sys.stderr)
+    print(sweep_table(previous))
+
+
+def sweep_table(records: list[dict]) -> str:
+    lines = ["| recipe (lr, steps, warmup, wd) | fine-tuned mean | zero-shot mean | TA best lam (acc) | interior | ft s |",
+             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for r in records:
+        rc, ta = r["recipe"], r["task_arithmetic_mtl"]
+        lines.append(f"| {rc['lr']:g}, {rc['steps']}, {rc['warmup_steps']}, {rc['weight_decay']:g} | "
+                     f"{r['finetuned_mean']:.1f} | {r['zeroshot_mean']:.1f} | {ta['best_lam']:g} "
+                     f"({ta['best_accuracy']:.1f}) | {'yes' if ta['interior'] else 'no'} | {r['finetune_wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def mean_pairwise_cosine(pre: dict, finetuned: list[dict]) -> float:
     vectors = [torch.cat([(ft[k] - pre[k]).flatten().double() for k in pre if pre[k].is_floating_point()])
                for ft in finetuned]
@@ -112,6 +207,10 @@ def main() -> None:
     ap.add_argument("--reuse-pretrained", action="store_true",
                     help="reuse a pretrained model of the same recipe from --work (time not re-measured)")
     ap.add_argument("--eval-repeats", type=int, default=5)
+    ap.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
+                    help="fine-tuning recipes to sweep (every combination, over --finetune); no single run")
+    ap.add_argument("--sweep-out", default="benchmarks/results/calibrate_ta_lambda.json")
+    ap.add_argument("--deadline", default=None, metavar="HH:MM", help="UTC: start no recipe that would end later")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -119,6 +218,7 @@ def main() -> None:
     pre_recipe = parse_overrides(args.pretrain, embedded.pretrain.model_dump(), PretrainRecipe)
     ft_recipe = parse_overrides(args.finetune, embedded.finetune.model_dump(exclude={"per_task"}), FinetuneRecipe)
     seq_recipe = parse_overrides(args.sequential, embedded.sequential.model_dump(exclude={"per_task"}), FinetuneRecipe)
+    space = parse_search_space(embedded.method_params["task_arithmetic"].search_space["mtl"])
     work = Path(args.work)
     results: dict = {
         "model": args.model, "threads": args.threads, "seed": args.seed, "limits": LIMITS,
@@ -152,6 +252,15 @@ def main() -> None:
         print(f"pretrain: {results['pretrain']}", file=sys.stderr)
     pre_visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
 
+    if args.sweep:
+        heads = {n: zeroshot_head(model, datasets[n].classnames, datasets[n].templates) for n in args.tasks}
+        caches = {n: cache_eval_tensors(model, datasets[n].split("test")) for n in args.tasks}
+        zeroshot = {n: evaluate(model, pre_visual, heads[n], caches[n]) for n in args.tasks}
+        print(f"zero-shot: {zeroshot}", file=sys.stderr)
+        run_sweep(args, model, pre_visual, datasets, heads, caches, zeroshot,
+                  ft_recipe.model_dump(), space, results)
+        return
+
     tasks, heads, caches, finetuned = {}, {}, {}, {}
     for name in args.tasks:
         ds = datasets[name]
@@ -179,6 +288,9 @@ def main() -> None:
         visual = merged_visual(pre_visual, finetuned_list, lam)
         merges[label] = {n: evaluate(model, visual, heads[n], caches[n]) for n in args.tasks}
     results["merges"] = merges
+    results["task_arithmetic_mtl"] = ta_lambda_search(model, pre_visual, finetuned_list,
+                                                      [heads[n] for n in args.tasks],
+                                                      [caches[n] for n in args.tasks], space)
     results["task_vector_mean_cosine"] = mean_pairwise_cosine(pre_visual, finetuned_list)
 
     if not args.no_sequential:
@@ -222,6 +334,9 @@ def summary(results: dict, tasks: list[str]) -> str:
     lines.append(f"| **mean** | {mean([r['zeroshot'] for r in rows.values()]):.1f} | "
                  f"{mean([r['finetuned'] for r in rows.values()]):.1f} | {merged_mean} | | | |")
     lines.append(f"\ntask-vector mean pairwise cosine: {results['task_vector_mean_cosine']:.3f}")
+    ta = results["task_arithmetic_mtl"]
+    lines.append(f"task arithmetic over the MTL space: best lam {ta['best_lam']} ({ta['best_accuracy']:.1f}), "
+                 f"interior {ta['interior']}; " + ", ".join(f"{k}: {v:.1f}" for k, v in ta["accuracy"].items()))
     for bench, r in results.get("sequential", {}).items():
         walls = [t["wall_s"] for t in r["split_times"]]
         lines.append(f"{bench}: zero-shot {r['zeroshot']:.1f}, sequential final {r['sequential_final']:.1f}, "
