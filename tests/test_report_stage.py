@@ -221,3 +221,13 @@ def test_the_stage_aggregates_the_replicates_it_is_given(tmp_path):
     (out / "summary.json").unlink()
     assert report_stage.main(args) == 1
     assert not (out / "summary.json").exists()
+
+
+def test_metrics_without_replicate_folders_list_no_seeds(tmp_path):
+    """Without --seeds or --params the stage reads <model>/ directly: no seed is known, so none is named."""
+    metrics = make_run(methods=["ties"], setups=("mtl",)).write(tmp_path / "metrics")
+    out = tmp_path / "reports"
+    assert report_stage.main(["--metrics", str(metrics), "--out", str(out), "--models", "tiny-clip", "--methods", "ties",
+                              "--setups", "mtl", "--profile", "smoke"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seeds"] == []
+    assert all(row["seeds"] == [] for row in json.loads((out / "claims.json").read_text())["claims"])

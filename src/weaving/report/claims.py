@@ -358,7 +358,7 @@ def section_claims(claims: list[Claim], seeds: Sequence[int]) -> list[Claim]:
     `seeds_holding` from their own verdict (1, 0, or None when not testable), unless already set."""
     for claim in claims:
         if not claim.seeds:
-            claim.seeds = [seeds[0]]
+            claim.seeds = [seed for seed in seeds[:1] if seed is not None]  # None: no replicate folders
             claim.seeds_holding = _holding(claim.verdict)
     return claims
 
