@@ -23,7 +23,7 @@ from statistics import fmean
 from typing import Any
 
 from weaving.report.load import RunMetrics, WeaveMetrics
-from weaving.report.seeds import counts_as_gain, mean_run, seed_stats
+from weaving.report.seeds import counts_as_gain, mean_run, named, seed_stats
 from weaving.report.tables import SETUP_SHORT, method_label
 
 HOLDS, FAILS, MIXED, UNTESTABLE = "holds", "does not hold", "mixed", "not testable"
@@ -341,7 +341,7 @@ def check_seed_claims(runs: Mapping[int, RunMetrics]) -> list[Claim]:
     if len(seeds) == 1:
         claims = check_claims(runs[seeds[0]])
         for claim in claims:
-            claim.seeds = [s for s in seeds if s is not None]  # None: a run without replicate folders
+            claim.seeds = named(seeds)
             claim.seeds_holding = _holding(claim.verdict)
         return claims
     seed_runs = [runs[s] for s in seeds]
@@ -358,7 +358,7 @@ def section_claims(claims: list[Claim], seeds: Sequence[int]) -> list[Claim]:
     `seeds_holding` from their own verdict (1, 0, or None when not testable), unless already set."""
     for claim in claims:
         if not claim.seeds:
-            claim.seeds = [seed for seed in seeds[:1] if seed is not None]  # None: no replicate folders
+            claim.seeds = named(seeds[:1])
             claim.seeds_holding = _holding(claim.verdict)
     return claims
 

@@ -37,7 +37,7 @@ from weaving.report.tables import SETUP_SHORT, Label, Stat, Table, method_cell
 LEVEL = 0.95
 """Coverage of the intervals over seeds."""
 
-__all__ = ["LEVEL", "SeedStats", "seed_stats", "t_quantile", "counts_as_gain", "mean_run", "check_same_layout",
+__all__ = ["LEVEL", "SeedStats", "seed_stats", "t_quantile", "counts_as_gain", "mean_run", "check_same_layout", "named",
            "seeds_text", "seeds_table", "MEAN_NOTE"]
 
 
@@ -94,6 +94,12 @@ def seeds_text(seeds: Sequence[int]) -> str:
         return ""
     return (f"Seeds: {', '.join(str(s) for s in seeds)} (means over seeds; ± one standard deviation; "
             f"{LEVEL:.0%} t-intervals of the mean).")
+
+
+def named(seeds: Sequence[int | None]) -> list[int]:
+    """The seeds a report names: all of them but None, which keys a run without replicate folders
+    (its seed unknown)."""
+    return [seed for seed in seeds if seed is not None]
 
 
 def check_same_layout(runs: Mapping[int, RunMetrics]) -> None:

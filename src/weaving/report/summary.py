@@ -24,7 +24,7 @@ from statistics import fmean
 from typing import Any
 
 from weaving.report.load import RunMetrics, WeaveMetrics
-from weaving.report.seeds import check_same_layout, seed_stats
+from weaving.report.seeds import check_same_layout, named, seed_stats
 
 
 def method_numbers(r: WeaveMetrics, poolings: list[str], pool_overs: list[str]) -> dict[str, float]:
@@ -112,7 +112,7 @@ def seeds_summary(runs: Mapping[int, RunMetrics]) -> dict[str, Any]:
     check_same_layout(runs)
     seeds = list(runs)
     if len(seeds) == 1:
-        return {**summary(runs[seeds[0]]), "seeds": [s for s in seeds if s is not None]}  # None: no replicate folders
+        return {**summary(runs[seeds[0]]), "seeds": named(seeds)}
     return {**_round(_aggregate([_summary(runs[s]) for s in seeds])), "seeds": seeds}
 
 
