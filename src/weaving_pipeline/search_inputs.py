@@ -18,7 +18,7 @@ ITEMS_STREAM = 12
 
 def item_indices(labels: np.ndarray, per_task: int, seed: int, task: str) -> np.ndarray:
     """`per_task` indices of a split (sorted), the prefix of a seeded stratified order: every class within
-    one item of its share (`weaving.datasets.splits.stratified_order`), drawn per task from
+    less than one item of its share (`weaving.datasets.splits.stratified_order`), drawn per task from
     `rng_for(seed, ITEMS_STREAM, crc32(task))`."""
     from weaving.datasets.splits import rng_for, stratified_order
 

@@ -1,8 +1,9 @@
 """Seeded split rules: stratified orders, limit allocation, the task-vector val split, class splits.
 
 Stratified order (used for every subsample): a seeded order of the pool whose every prefix
-holds each class in proportion to the pool, within one item (so any segment of it is within
-two items); consecutive segments of it are disjoint by construction.
+holds each class in proportion to the pool, within less than one item (Tijdeman's bound, so
+any segment of it is within less than two items); consecutive segments of it are disjoint by
+construction.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
 def stratified_order(labels: np.ndarray, rng: np.random.Generator, length: int | None = None) -> np.ndarray:
     """The first ``length`` (default: all) indices of ``labels`` in a seeded, class-proportional order.
 
-    Step ``k`` (1-based) takes the next item of the class with the largest deficit
-    ``k * n_c / N - taken_c`` (ties: a seeded class priority); the items of a class come in a
-    seeded random order. Every prefix then holds each class within one item of its share.
+    Tijdeman's chairman-assignment rule (R. Tijdeman, "The chairman assignment problem",
+    Discrete Mathematics 32, 1980) over the ``n`` classes, class ``c`` holding ``n_c`` of the
+    ``N`` labels (share ``s_c = n_c / N``) with ``x_c`` of them taken before step ``k`` (1-based),
+    and ``sigma = 1 / (2n - 2)``: among the classes with ``k s_c - x_c >= sigma``, step ``k`` takes
+    the next item of the one with the smallest ``(x_c + 1 - sigma) / s_c`` (ties: a seeded class
+    priority); the items of a class come in a seeded random order. Every prefix of length ``k``
+    then holds each class within ``1 - sigma`` items of its share: ``|x_c - k s_c| <= 1 - sigma < 1``
+    (Tijdeman's theorem; the greedy "largest deficit first" rule does not bound this by one
+    item). The rule is computed in exact integer arithmetic (times ``N (2n - 2)``).
     """
     labels = np.asarray(labels)
     total = len(labels)
@@ -34,17 +41,30 @@ def stratified_order(labels: np.ndarray, rng: np.random.Generator, length: int |
     classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
     priority = rng.permutation(len(classes))
-    share = sizes / max(total, 1)
+    if len(classes) == 1:
+        return members[0][:length].astype(np.int64)
+    scale = 2 * len(classes) - 2  # 1 / sigma
     taken = np.zeros(len(classes), dtype=np.int64)
     out = np.empty(length, dtype=np.int64)
-    for k in range(length):
-        deficit = (k + 1) * share - taken
-        deficit[taken >= sizes] = -np.inf
-        ties = np.flatnonzero(deficit >= deficit.max() - 1e-9)
-        c = ties[np.argmin(priority[ties])]
-        out[k] = members[c][taken[c]]
+    for k in range(1, length + 1):
+        # k s_c - x_c >= sigma, times N / sigma; never true of an exhausted class while k <= N
+        eligible = np.flatnonzero(scale * (k * sizes - total * taken) >= total)
+        c = _smallest_deadline(eligible, scale * (taken[eligible] + 1) - 1, sizes[eligible], priority)
+        out[k - 1] = members[c][taken[c]]
         taken[c] += 1
     return out
+
+
+def _smallest_deadline(classes: np.ndarray, numerators: np.ndarray, sizes: np.ndarray, priority: np.ndarray) -> int:
+    """The class of ``classes`` with the smallest ``numerators / sizes``, compared exactly (ties: lowest ``priority``)."""
+    approx = numerators / sizes
+    near = np.flatnonzero(approx <= approx.min() * (1 + 1e-9))  # float pre-filter; exact comparison below
+    best = int(near[0])
+    for i in map(int, near[1:]):
+        left, right = int(numerators[i]) * int(sizes[best]), int(numerators[best]) * int(sizes[i])
+        if left < right or (left == right and priority[classes[i]] < priority[classes[best]]):
+            best = i
+    return int(classes[best])
 
 
 def take_segments(order: np.ndarray, sizes: Sequence[int | None]) -> list[np.ndarray]:
