@@ -32,7 +32,7 @@ setup: $(BIN)/weaving data-packages
 # stages/_common.py sets otherwise, which is ~2x faster when two such processes share the cores
 # (benchmarks/README.md, "OpenMP waiting").
 repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, weaving, evaluation, report
-	source $(BIN)/activate && OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000 dvc repro
+	source $(BIN)/activate && OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000 dvc repro && python scripts/prune_lock.py
 
 test: setup $(VENV)/.test-extra  ## ruff, then the test suite (slow tests included: the end-to-end smoke pipeline)
 	source $(BIN)/activate && ruff check src stages tests benchmarks scripts && python -m pytest

@@ -118,3 +118,14 @@ def test_the_stages_run_once_read_replicate_seed(name: str) -> None:
     assert "seed" in stage["params"]
     assert "metrics/${item}/seed${seed}/finetune" in dep_paths(stage)
     assert not [d for d in dep_paths(stage) if "/finetune" in d and "/seed${seed}/" not in d]
+
+
+def test_dvc_lock_records_only_stages_of_the_pipeline() -> None:
+    """dvc.lock names no stage that dvc.yaml (with the committed params) no longer has: DVC keeps the
+    entries of renamed or removed stages, which would misstate where the outputs come from."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        current = {stage.addressing for stage in repo.index.stages}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert not sorted(locked - current), "stale dvc.lock entries; python scripts/prune_lock.py drops them"
