@@ -8,6 +8,7 @@ import torch
 
 from weaving import METHODS, DictSource, InputError, ParamError, apply_task_vector, merge, task_vectors, weave
 from weaving.engine import stream_merge
+from weaving.sources import all_finite
 
 
 class RecordingSource(DictSource):
@@ -225,3 +226,37 @@ def test_progress_bars_are_labelled_per_pass(capsys) -> None:
     err = capsys.readouterr().err
     for label in ("ties: trim threshold, pass 1/2", "ties: trim threshold, pass 2/2", "ties: merge"):
         assert label in err
+
+
+def _finiteness_cases() -> list[torch.Tensor]:
+    cases = [
+        torch.tensor([3e38, 3e38], dtype=torch.float32),  # finite entries whose sum overflows to inf
+        torch.tensor([3e38, -3e38, 3e38, 3e38], dtype=torch.float32),
+        torch.tensor([3e38, 3e38], dtype=torch.bfloat16),
+        torch.full((5, 7), 1e308, dtype=torch.float64),
+        torch.tensor([65504.0, 65504.0], dtype=torch.float16),
+        torch.tensor(2.0), torch.tensor(float("nan")), torch.randn(3, 4, generator=torch.Generator().manual_seed(0)),
+        torch.zeros(0), torch.zeros(0, 3, dtype=torch.bfloat16),
+        torch.tensor([1, 2**31 - 1, 2**31 - 1], dtype=torch.int32), torch.zeros(0, dtype=torch.int64),
+        torch.tensor([True, False]),
+    ]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            tensor = torch.ones(4, 6, dtype=dtype)
+            tensor[2, 3] = bad
+            cases.append(tensor)
+            cases.append(torch.tensor([3e38, 3e38, bad]).to(dtype))  # overflow and a non-finite entry
+    return cases
+
+
+@pytest.mark.parametrize("tensor", _finiteness_cases())
+def test_all_finite_is_isfinite_all(tensor: torch.Tensor) -> None:
+    """The sum shortcut of `all_finite` agrees with `isfinite` of every entry (True for non-float, empty)."""
+    assert all_finite(tensor) is bool(torch.isfinite(tensor).all())
+
+
+def test_all_finite_sees_through_an_overflowing_sum() -> None:
+    big = torch.tensor([3e38, 3e38], dtype=torch.float32)
+    assert not bool(torch.isfinite(big.sum())) and all_finite(big)
+    assert not all_finite(torch.tensor([3e38, 3e38, float("nan")]))
+    assert all_finite(torch.tensor([1, 2], dtype=torch.int64)) and all_finite(torch.zeros(0))

@@ -323,6 +323,17 @@ def test_column_chunks_bounds(monkeypatch) -> None:
     assert base.column_chunks(5 * 45056, row=2816) == [(i * 45056, (i + 1) * 45056) for i in range(5)]
 
 
+def test_stack_column_chunks_guard(monkeypatch) -> None:
+    """`column_chunks` of `taus[0].numel()` for a contiguous stack of at least 1-D tensors, else None."""
+    monkeypatch.setattr(base, "CHUNK_COLUMNS", 4096)
+    taus = torch.zeros(3, 4, 5 * 4096)
+    assert base.stack_column_chunks(taus) == base.column_chunks(4 * 5 * 4096) is not None
+    assert base.stack_column_chunks(taus, row=5 * 4096) == base.column_chunks(4 * 5 * 4096, row=5 * 4096)
+    assert base.stack_column_chunks(taus.transpose(1, 2)) is None  # not contiguous
+    assert base.stack_column_chunks(torch.zeros(3 * 4096 * 4)) is None  # stacked 0-D tensors
+    assert base.stack_column_chunks(torch.zeros(3, 4096)) is None  # under two chunks
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_column_chunks_sum_like_the_whole_matrix(dtype: torch.dtype, threads: int, monkeypatch) -> None:

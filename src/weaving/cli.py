@@ -73,6 +73,7 @@ from weaving.output import (
 )
 from weaving.poolings import MethodPooling
 from weaving.request import MergeRequest, Wording, get_method, validate_request
+from weaving.sources import all_finite
 from weaving.streaming import stream_request
 
 PROG = "weaving"
@@ -305,16 +306,10 @@ def check_device(args: argparse.Namespace) -> None:
 
 
 def finite_outputs(stream: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Pass the stream through, refusing a floating-point tensor holding NaN or inf.
-
-    A finite sum proves the tensor finite (NaN and inf make it non-finite): only a non-finite
-    sum (possibly an overflow of finite values) needs `isfinite` of every entry, whose
-    temporaries (`abs`, two boolean masks) are as large as the tensor and more.
-    """
+    """Pass the stream through, refusing a floating-point tensor holding NaN or inf (`all_finite`)."""
     for key, tensor in stream:
         check_signals()
-        if (tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.sum()))
-                and not bool(torch.isfinite(tensor).all())):
+        if not all_finite(tensor):
             raise InputError(f"merged tensor {key!r} holds NaN or inf; check the inputs' {key!r}")
         yield key, tensor
         del tensor  # not kept while the next key is computed

@@ -149,17 +149,22 @@ def tau_sources(taus: Sequence[Mapping[str, torch.Tensor]], what: str = "task ve
 # ---------------------------------------------------------------------------- value checks (as data is read)
 
 
-def check_finite(tensor: torch.Tensor, source: StateDictSource, key: str) -> None:
-    """`InputError` if `tensor` holds NaN or inf.
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether no entry of `tensor` is NaN, inf or -inf: `bool(torch.isfinite(tensor).all())`.
 
-    NaN and inf make the sum non-finite, so a finite sum proves the tensor finite; only a
-    non-finite sum (possibly an overflow of finite values) needs the element-wise check.
+    True for a tensor that is not floating-point or is empty. A finite sum proves the tensor
+    finite (NaN and inf make the sum non-finite), so only a non-finite sum (NaN/inf, or an
+    overflow of finite values) pays for `isfinite` of every entry, whose temporaries are as
+    large as the tensor and more.
     """
     if not tensor.dtype.is_floating_point or tensor.numel() == 0:
-        return
-    if bool(torch.isfinite(tensor.sum())):
-        return
-    if not bool(torch.isfinite(tensor).all()):
+        return True
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def check_finite(tensor: torch.Tensor, source: StateDictSource, key: str) -> None:
+    """`InputError` if `tensor` holds NaN or inf (`all_finite`)."""
+    if not all_finite(tensor):
         raise InputError(f"{source.name}: key {key!r} contains NaN or inf")
 
 

@@ -351,6 +351,13 @@ def column_chunks(columns: int, row: int = 1) -> list[tuple[int, int]] | None:
     return [(i * step, (i + 1) * step) for i in range(count - 1)] + [((count - 1) * step, columns)]
 
 
+def stack_column_chunks(taus: torch.Tensor, row: int = 1) -> list[tuple[int, int]] | None:
+    """`column_chunks` of one key's stacked task vectors `taus` `[T, *shape]`, seen as `[T, N]`
+    with `N = taus[0].numel()`; None (work on the key whole) when `taus` is 1-D (stacked 0-D
+    tensors), not contiguous (no chunk views of the flattened stack), or small enough."""
+    return column_chunks(taus[0].numel(), row=row) if taus.ndim > 1 and taus.is_contiguous() else None
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from sha256 of the parts joined by '/': `int(sha256[:8], big) >> 1`."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode("utf-8")).digest()

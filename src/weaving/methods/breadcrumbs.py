@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from weaving.methods.base import PerTensorMethod, column_chunks, unit_interval
+from weaving.methods.base import PerTensorMethod, stack_column_chunks, unit_interval
 
 
 def _first(a: torch.Tensor, top: torch.Tensor, k: int, *, exact: bool) -> torch.Tensor:
@@ -79,7 +79,7 @@ def breadcrumbs(taus: torch.Tensor, *, beta: float, gamma: float) -> torch.Tenso
     if taus.ndim == 1:  # stacked 0-D tensors are kept whole
         return taus.sum(0)
     d = taus.shape[-1]
-    chunks = column_chunks(taus[0].numel(), row=d) if taus.is_contiguous() else None
+    chunks = stack_column_chunks(taus, row=d)
     if chunks is None:
         return _masked_sum(taus, beta=beta, gamma=gamma)
     flat = taus.reshape(taus.shape[0], -1)

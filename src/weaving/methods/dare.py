@@ -15,9 +15,11 @@ materialised. Its seed is `derive_seed("pooling", "dare", seed)` unless the pool
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from weaving.methods.base import HParam, PerTensorMethod, Workspace, column_chunks, keyed_generator, unit_interval
+from weaving.methods.base import HParam, PerTensorMethod, Workspace, keyed_generator, stack_column_chunks, unit_interval
 
 
 def dare_keep_mask(shape: tuple[int, ...], *, p: float, seed: int, task: int, key: str) -> torch.Tensor:
@@ -36,43 +38,23 @@ def dare(taus: torch.Tensor, *, key: str, p: float, seed: int, workspace: Worksp
     without the boolean `[T, *shape]` mask: each task's draws go into one reused float64
     buffer, and `keep` becomes an all-ones bit mask (`u >= p` compared on the bit patterns,
     which order as the values do for `u, p >= 0`) that keeps `tau_t`'s bits or gives +0.0.
-    Scratch lives in `workspace` when given (reused from key to key: no page faults). A large
-    key is worked on in column chunks (`column_chunks`): each task's generator draws the chunks
+    Scratch lives in `workspace` when given (reused from key to key: no page faults). The key
+    is worked on as its flattened `[T, N]` view, in column chunks when large
+    (`stack_column_chunks`; else one chunk `[0, N)`): each task's generator draws the chunks
     one after the other (the same sequence as one draw of the whole tensor), so the scratch is
     chunk-sized, not `[T, *shape]` plus float64 draws of the whole key.
     """
     if taus.dtype not in _BITS:
         return _dare_reference(taus, key=key, p=p, seed=seed)
     workspace = Workspace() if workspace is None else workspace
-    chunks = column_chunks(taus[0].numel()) if taus.ndim > 1 and taus.is_contiguous() else None
-    if chunks is not None:
-        return _dare_chunked(taus, chunks, key=key, p=p, seed=seed, workspace=workspace)
-    shape = tuple(taus.shape[1:])
-    draws = workspace.take("dare.draws", shape, torch.float64)
-    bits = draws.view(torch.int64)
-    threshold = int(torch.tensor(p, dtype=torch.float64).view(torch.int64))
-    narrow = workspace.take("dare.mask", shape, _BITS[taus.dtype]) if taus.dtype != torch.float64 else None
-    kept = workspace.take("dare.kept", tuple(taus.shape), taus.dtype)
-    kept_bits, tau_bits = kept.view(_BITS[taus.dtype]), taus.view(_BITS[taus.dtype])
-    for t in range(taus.shape[0]):
-        torch.rand(shape, generator=keyed_generator("dare", seed, t, key), dtype=torch.float64, out=draws)
-        bits.sub_(threshold).bitwise_right_shift_(63).bitwise_not_()  # all ones where u >= p, else 0
-        mask = bits if narrow is None else narrow.copy_(bits)
-        torch.bitwise_and(tau_bits[t], mask, out=kept_bits[t])
-    return kept.div_(1.0 - p).sum(0)
-
-
-def _dare_chunked(taus: torch.Tensor, chunks: list[tuple[int, int]], *, key: str, p: float, seed: int,
-                  workspace: Workspace) -> torch.Tensor:
-    """`dare` over column chunks of the flattened `[T, N]` view (the same bits, see `dare`)."""
     tasks = taus.shape[0]
-    flat = taus.reshape(tasks, -1)
+    flat = taus.reshape(tasks, math.prod(taus.shape[1:]))  # [T, N], also for T = 0
     int_dtype = _BITS[taus.dtype]
     tau_bits = flat.view(int_dtype)
     threshold = int(torch.tensor(p, dtype=torch.float64).view(torch.int64))
     generators = [keyed_generator("dare", seed, t, key) for t in range(tasks)]
     result = torch.empty(flat.shape[1], dtype=taus.dtype)
-    for a, b in chunks:
+    for a, b in stack_column_chunks(taus) or [(0, flat.shape[1])]:
         draws = workspace.take("dare.draws", (b - a,), torch.float64)
         bits = draws.view(torch.int64)
         narrow = workspace.take("dare.mask", (b - a,), int_dtype) if taus.dtype != torch.float64 else None
@@ -80,7 +62,7 @@ def _dare_chunked(taus: torch.Tensor, chunks: list[tuple[int, int]], *, key: str
         kept_bits = kept.view(int_dtype)
         for t, generator in enumerate(generators):
             torch.rand(b - a, generator=generator, dtype=torch.float64, out=draws)
-            bits.sub_(threshold).bitwise_right_shift_(63).bitwise_not_()
+            bits.sub_(threshold).bitwise_right_shift_(63).bitwise_not_()  # all ones where u >= p, else 0
             mask = bits if narrow is None else narrow.copy_(bits)
             torch.bitwise_and(tau_bits[t, a:b], mask, out=kept_bits[t])
         result[a:b] = kept.div_(1.0 - p).sum(0)

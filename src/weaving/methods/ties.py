@@ -44,7 +44,7 @@ from weaving.methods.base import (
     PoolingRun,
     PoolingShape,
     Workspace,
-    column_chunks,
+    stack_column_chunks,
     unit_interval,
 )
 from weaving.quantile import order_statistics
@@ -126,10 +126,6 @@ class TiesRun(MethodRun):
     def _trim(self, taus: torch.Tensor) -> torch.Tensor:
         return ties_trim(taus, self._thresholds, out=self._workspace.take("trimmed", taus.shape, taus.dtype))
 
-    def _chunks(self, taus: torch.Tensor) -> list[tuple[int, int]] | None:
-        """Column chunks of a large key's `[T, N]` view (`column_chunks`), else None: whole."""
-        return column_chunks(taus[0].numel()) if taus.ndim > 1 and taus.is_contiguous() else None
-
     def share_scratch(self, workspace: Workspace) -> None:
         self._workspace = workspace
 
@@ -143,10 +139,10 @@ class TiesRun(MethodRun):
         if self._selecting():
             assert self._select is not None
             flat = taus.reshape(self._rows, -1)
-            for a, b in self._chunks(taus) or [(0, flat.shape[1])]:  # histograms: any chunking
+            for a, b in stack_column_chunks(taus) or [(0, flat.shape[1])]:  # histograms: any chunking
                 self._select.observe(flat[:, a:b], magnitude=True)
         elif self._majority_requested:
-            chunks = self._chunks(taus)
+            chunks = stack_column_chunks(taus)
             if chunks is None:
                 self._sign_total += ties_column_sign_total(self._trim(taus))
             else:
@@ -168,12 +164,12 @@ class TiesRun(MethodRun):
 
     def finalize(self, key: str, taus: torch.Tensor) -> torch.Tensor:
         assert not self._selecting(), "ties: finalize before the statistics passes"
-        chunks = self._chunks(taus)
+        chunks = stack_column_chunks(taus)
         if chunks is None:
             return self._finalize_columns(taus)
         flat = taus.reshape(self._rows, -1)
         merged = torch.empty(flat.shape[1], dtype=taus.dtype)
-        for a, b in chunks:  # column by column: the same bits as the whole key (`column_chunks`)
+        for a, b in chunks:  # column by column: the same bits as the whole key (`stack_column_chunks`)
             merged[a:b] = self._finalize_columns(flat[:, a:b])
         return merged.view(taus.shape[1:])
 

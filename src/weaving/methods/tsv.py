@@ -62,9 +62,10 @@ class SvdMemo:
             return self._entries[key]
         self.misses += 1
         factors = torch.linalg.svd(contiguous, full_matrices=False)
-        if _nbytes(factors) <= self.max_bytes:
+        size = _nbytes(factors)
+        if size <= self.max_bytes:
             self._entries[key] = factors
-            self.bytes += _nbytes(factors)
+            self.bytes += size
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self.bytes -= _nbytes(evicted)
