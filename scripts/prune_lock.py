@@ -52,7 +52,7 @@ def main() -> None:
     if args.check:
         sys.exit(1 if dropped else 0)
     if dropped:
-        partial = lock.with_name(lock.name + ".tmp")
+        partial = lock.with_name(f".{lock.name}.tmp")  # .gitignore and .dvcignore cover .*.tmp
         partial.write_text(text)
         os.replace(partial, lock)
 
