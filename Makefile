@@ -35,10 +35,10 @@ repro: setup  ## the embedded default profile: data, pretraining, fine-tuning, w
 	source $(BIN)/activate && OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000 dvc repro && python scripts/prune_lock.py
 
 test: setup $(VENV)/.test-extra  ## ruff, then the test suite (slow tests included: the end-to-end smoke pipeline)
-	source $(BIN)/activate && ruff check src stages tests benchmarks scripts && python -m pytest
+	source $(BIN)/activate && ruff check src stages tests benchmarks scripts && HYPOTHESIS_PROFILE=ci python -m pytest
 
 test-fast: setup $(VENV)/.test-extra  ## the test suite without the slow tests
-	source $(BIN)/activate && python -m pytest -m "not slow"
+	source $(BIN)/activate && HYPOTHESIS_PROFILE=ci python -m pytest -m "not slow"
 
 plots: setup  ## dvc plots as an offline HTML page (vega libraries inlined from the npm registry)
 	npm install --prefix build/vega --no-audit --no-fund --silent vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
