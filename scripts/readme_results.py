@@ -42,7 +42,7 @@ from pathlib import Path
 from statistics import fmean
 
 from weaving.catalogue import SETUP_ENTRIES, method_label
-from weaving.metrics import MetricsFileError, ReferenceMetrics, read_json_object
+from weaving.metrics import MetricsFileError, ReferenceMetrics
 from weaving.report.load import RESERVED_MODEL_NAMES, replicate_folder
 from weaving.report.seeds import seed_stats
 
@@ -114,7 +114,7 @@ class Report:
         refs = []
         for path in paths:
             try:
-                refs.append(ReferenceMetrics.from_data(read_json_object(path), path))
+                refs.append(ReferenceMetrics.read(path))
             except MetricsFileError as error:
                 raise ReadmeError(str(error)) from None
         return refs
