@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import os
 import re
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         text = args.readme.read_bytes().decode("utf-8")
-        new, changed = render(text, generate(Report(args.report, args.model)), str(args.readme))
+        blocks = generate(Report(args.report, args.model))
+        new, changed = render(text, blocks, str(args.readme))
     except (ReadmeError, FileNotFoundError) as error:
         print(f"readme_results: {error}", file=sys.stderr)
         return 2
@@ -355,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         if changed:
             print(f"{args.readme}: block(s) differ from {args.report}: {', '.join(changed)} "
                   f"(run python scripts/readme_results.py)")
+            spans = find_blocks(text, list(blocks), str(args.readme))
+            for name in changed:
+                a, b = spans[name]
+                sys.stdout.writelines(difflib.unified_diff(text[a:b].splitlines(keepends=True),
+                                                           blocks[name].splitlines(keepends=True),
+                                                           f"README {name}", f"report {name}", n=0))
             return 1
         print(f"{args.readme}: every block matches {args.report}")
         return 0
