@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weaving import METHODS, merge, weave
+from weaving import METHODS, DictSource, merge, weave
+from weaving.engine import stream_merge
 from weaving.methods import base
 from weaving.methods.base import running_sum
 from weaving.methods.iso_c import iso_c, iso_c_rows
@@ -114,6 +115,20 @@ def test_merge_streams_the_rows_path_with_the_stacked_bits(method) -> None:
     for key in taus[0]:
         stacked = torch.stack([tau[key] for tau in taus])
         assert _same_bits(merged[key], METHODS[method].merge_tensor(stacked, key=key)), key
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "iso_c"])
+def test_streaming_from_models_stacks_and_agrees_with_merge(method) -> None:
+    # Models (pretrained and fine-tuned sources) take the stacked path; dicts of task vectors the rows path.
+    taus = _task_vectors(8, seed=8)
+    pretrained = {key: torch.zeros_like(value) for key, value in taus[0].items()}
+    streamed = dict(stream_merge(DictSource(pretrained, "pre"), [DictSource(tau, f"ft{t}") for t, tau in enumerate(taus)],
+                                 method, lam=1.0))
+    merged = merge(method, taus, lam=1.0)
+    for key, value in merged.items():
+        assert torch.equal(streamed[key], value), key
+    if method == "task_arithmetic":
+        assert _same_bits(merged["a.weight"], _loop_sum([tau["a.weight"] for tau in taus]))
 
 
 def test_merge_lam_scales_the_running_sum() -> None:
