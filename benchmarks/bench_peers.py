@@ -71,7 +71,8 @@ PEERS = {
     "fusionbench": {"venv": HERE / ".venv-fusionbench", "packages": ["fusion-bench==0.2.33"]},
     "mergekit": {"venv": HERE / ".venv-mergekit", "packages": ["mergekit==0.1.5"]},
 }
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # where no local CPU wheel of the project's torch exists
+LOCAL_TORCH = "torch==2.13.0+cpu"  # a CPU build only (PyPI has none: never its CUDA build); these machines keep it in find-links
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # where no local CPU wheel of torch exists
 MMAP_THRESHOLD = 1 << 20
 MEMORY_METHODS = ("task_arithmetic", "dare", "magmax", "ties", "iso_c", "tsv", "breadcrumbs", "pcb")
 QUICK_MEMORY_METHODS = ("task_arithmetic", "dare", "magmax")
@@ -110,18 +111,21 @@ def python_of(peer: str) -> Path:
 def setup(timeout_s: int) -> dict[str, str]:
     """Create each peer's virtual environment (CPU torch first, then the peer); errors recorded.
 
-    Torch: from pip's local wheels only if one is there (`--no-index`, pip's `find-links`: these
-    machines keep a CPU wheel of torch 2.13.0 there), else the CPU build from PyTorch's index (a
-    plain `pip install torch` from PyPI would take a CUDA build of several GB)."""
+    Torch, the first of these that installs: `LOCAL_TORCH` as pip is configured (these machines
+    keep that CPU wheel in pip's `find-links`; its dependencies come from PyPI; where it is
+    missing the step fails at once, as no index pip reaches has a `+cpu` build), then any torch from the local wheels
+    alone (`--no-index`, for a machine whose dependencies are local too), then the CPU build
+    from PyTorch's index (a plain `pip install torch` from PyPI would take a CUDA build of
+    several GB). The log says which one ran."""
     status: dict[str, str] = {}
     for name, peer in PEERS.items():
         venv: Path = peer["venv"]
         log = venv.with_suffix(".setup.log")
         start = time.perf_counter()
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        local_torch = pip + ["--no-index", "torch"]
+        torch_steps = [pip + [LOCAL_TORCH], pip + ["--no-index", "torch"], pip + ["torch", "--index-url", TORCH_INDEX]]
         steps = [[[sys.executable, "-m", "venv", "--clear", str(venv)]], [pip + ["--upgrade", "pip"]],
-                 [local_torch, pip + ["torch", "--index-url", TORCH_INDEX]], [pip + list(peer["packages"])]]
+                 torch_steps, [pip + list(peer["packages"])]]
         status[name] = "ok"
         with open(log, "w") as handle:
             for alternatives in steps:

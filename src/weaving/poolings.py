@@ -3,7 +3,8 @@
 Members (`pool_over`): `all` = `tau_1..tau_T, lam_1*M..lam_K*M` (the paper's A*);
 `augmented` = `lam_1*M..lam_K*M` (the paper's A), with `M` the method's merge at `lam = 1`.
 
-- `avg`: the arithmetic mean of the members.
+- `avg`: the arithmetic mean of the members. Its fast path sums the taus as Task Arithmetic
+  does (`running_sum`, left to right), then adds `(sum_k lam_k) * M` and divides by N.
 - `random`: per element one member drawn uniformly at random. Draws: `u = torch.randint(N,
   shape, generator=g)` with `g` seeded by `derive_seed("random-pooling", seed, key)` (first
   8 bytes of `sha256("random-pooling/<seed>/<key>")`, big-endian, shifted right by one bit),
@@ -53,7 +54,7 @@ import torch
 
 from weaving.catalogue import POOL_OVER, POOLING_ENTRIES
 from weaving.errors import ParamError, choices
-from weaving.methods.base import MergeMethod, PoolingRun, PoolingShape, keyed_generator
+from weaving.methods.base import MergeMethod, PoolingRun, PoolingShape, keyed_generator, running_sum
 from weaving.methods.magmax import last_argmax_abs, pick
 
 
@@ -75,7 +76,7 @@ def member_draws(seed: int, key: str, count: int, shape: tuple[int, ...]) -> tor
 def _avg_fast(taus: torch.Tensor, merged: torch.Tensor, lambdas: torch.Tensor, pool_over: str, draws: torch.Tensor | None) -> torch.Tensor:
     total = lambdas.sum() * merged
     if pool_over == "all":
-        total = taus.sum(0) + total
+        total = running_sum(taus.unbind(0)).add_(total)  # Task Arithmetic's sum of the taus
     return total / num_members(taus.shape[0], lambdas.numel(), pool_over)
 
 
@@ -130,7 +131,7 @@ def _avg_groups(taus: torch.Tensor, merge_of: Callable[[int], torch.Tensor], gro
         total = term if total is None else total.add_(term)
     assert total is not None
     if pool_over == "all":
-        total = taus.sum(0) + total
+        total = running_sum(taus.unbind(0)).add_(total)  # Task Arithmetic's sum of the taus
     return total / num_members(taus.shape[0], num_points, pool_over)
 
 

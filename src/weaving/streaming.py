@@ -224,6 +224,8 @@ def stream_task_vectors(
             merged_at_1 = merge_rows(stack.rows(key, check=not check_result))
             if tuple(merged_at_1.shape) != layout.shapes[key]:
                 raise AssertionError(f"{request.label}: key {key!r} merged to shape {tuple(merged_at_1.shape)}")
+            if check_result and merged_at_1.numel() and not bool(torch.isfinite(merged_at_1.sum())):
+                stack.check(key)  # as below: raises unless the sum itself overflowed
             yield key, merged_at_1 if request.lam == 1.0 else lam * merged_at_1
             del merged_at_1  # not kept while the next key is computed (nor below)
             continue
