@@ -193,7 +193,7 @@ def peer_status() -> dict[str, str]:
         status[name] = "ok" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
     for name, source in PEER_SOURCES.items():  # run in FusionBench's environment
         missing = [path for path in source["paths"] if not (SOURCES / name / path).exists()]
-        status[f"{name}_repo"] = (f"not fetched (run with --setup): {', '.join(missing)}" if missing
+        status[f"{name}_repo"] = (f"not fetched (run with --setup-sources): {', '.join(missing)}" if missing
                                   else status.get("fusionbench", "?"))
     return status
 
