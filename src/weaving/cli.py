@@ -322,7 +322,7 @@ def cast_outputs(stream: Iterator[tuple[str, torch.Tensor]], dtypes: dict[str, t
         want = dtypes[key]
         if tensor.dtype != want:
             cast = tensor.to(want)
-            if want.is_floating_point and not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(tensor).all()):
+            if want.is_floating_point and not all_finite(cast) and all_finite(tensor):
                 largest = float(tensor.abs().max())
                 raise InputError(
                     f"merged tensor {key!r} reaches {largest:.4g}, beyond the range of {want}"
