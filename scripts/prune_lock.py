@@ -10,7 +10,6 @@ lists), so dvc.lock would name outputs no stage produces. `make repro` runs this
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -41,6 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     from dvc.repo import Repo
 
+    from weaving.atomic import atomic_write
+
     lock = ROOT / "dvc.lock"
     if not lock.exists():
         return
@@ -52,9 +53,7 @@ def main() -> None:
     if args.check:
         sys.exit(1 if dropped else 0)
     if dropped:
-        partial = lock.with_name(f".{lock.name}.tmp")  # .gitignore and .dvcignore cover .*.tmp
-        partial.write_text(text)
-        os.replace(partial, lock)
+        atomic_write(lock, lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ and is rebuilt from the report's own files (never from the README's prose, which
   `lam_x_<axes>` variant; `<method>_pooling`: that method as the pooling), best per row in bold.
 
 Method and setup labels come from `weaving.catalogue`. Only the marked blocks change; the rest of the
-README stays byte-identical, and it is written atomically (`.README.md.tmp` beside it, then renamed).
+README stays byte-identical, and it is written atomically (`weaving.atomic.atomic_write`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import argparse
 import csv
 import difflib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
 
+from weaving.atomic import atomic_write
 from weaving.catalogue import SETUP_ENTRIES, method_label
 from weaving.metrics import MetricsFileError, ReferenceMetrics
 from weaving.report.load import RESERVED_MODEL_NAMES, replicate_folder
@@ -329,16 +329,6 @@ def generate(report: Report) -> dict[str, str]:
     return {name: build(report) for name, build in BLOCKS.items()}
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-    except FileNotFoundError:
-        pass
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "replicates", help="the report folder")
@@ -367,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.readme}: every block matches {args.report}")
         return 0
     if changed:
-        write_atomically(args.readme, new)
+        atomic_write(args.readme, lambda tmp: tmp.write_bytes(new.encode("utf-8")))
     print(f"{args.readme}: {'rewrote ' + ', '.join(changed) if changed else 'every block already matched'}")
     return 0
 
